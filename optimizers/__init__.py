@@ -1,0 +1,29 @@
+"""optimizers: the reference implementation of SWAN and SinkGD, beside the baselines they are judged against.
+
+- `optimizers.functional`: the pure tensor operators (GradNorm, Newton-Schulz / NSDS whitening, the float64
+  whitening reference, SR-Sinkhorn, Muon's quintic), fp32 inside, batched over same-shape matrices.
+- `SWAN`, `SinkGD`: stateless `torch.optim.Optimizer` classes for 2-D parameters.
+- `HybridOptimizer`, `partition`: hidden matrices to a matrix optimizer, the rest to AdamW, by name rules.
+- `build(name, model, **hparams)`, `available()`, `info(name)`: the registry the suites use.
+"""
+
+from optimizers import functional
+from optimizers.hybrid import LLAMA_RULES, HybridOptimizer, partition
+from optimizers.registry import OptimizerInfo, available, build, info, registered, resolve_hparams
+from optimizers.stateless import SWAN, NonFiniteGradientError, SinkGD
+
+__all__ = [
+    "functional",
+    "SWAN",
+    "SinkGD",
+    "NonFiniteGradientError",
+    "HybridOptimizer",
+    "partition",
+    "LLAMA_RULES",
+    "OptimizerInfo",
+    "build",
+    "available",
+    "info",
+    "registered",
+    "resolve_hparams",
+]

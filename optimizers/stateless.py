@@ -1,0 +1,375 @@
+"""SWAN and SinkGD: stateless matrix optimizers as thin `torch.optim.Optimizer` classes.
+
+The math lives in `optimizers.functional`; these classes walk `param_groups`, skip parameters without a
+gradient, group same-shape matrices into one batched call (SWAN), apply `lr * alpha` and keep
+`self.state` empty: no momentum, no second moment, nothing persists between steps.
+
+Shared behaviour:
+- 2-D parameters only (`ValueError` otherwise): both methods are defined on matrices; use the hybrid
+  (`optimizers.build("swan", model)`) to send embeddings, head and norms to AdamW.
+- `lr` is in parameter units per unit-RMS update: the update has entry RMS 1 (Frobenius norm sqrt(m n)),
+  and the step is `W <- W - lr * alpha * update` (alpha is the papers' matrix-group scale, default 0.05,
+  so a scheduler acting on `group["lr"]` scales every group alike).
+- `weight_decay` is decoupled (AdamW-style `W <- W (1 - lr wd)`; the protocol uses 0).
+- Parameters and gradients may be bf16: everything between the gradient and the update is fp32; the
+  update is added to the parameter in its own dtype.
+- Non-finite gradients (`nonfinite=`): before any parameter changes, the step checks all gradients
+  (one fused norm over the step's gradients). "raise" (default) raises `NonFiniteGradientError` and
+  leaves every parameter untouched; "skip" skips the whole step, counts it in `skipped_steps` and warns.
+  Whitening or Sinkhorn scaling would otherwise smear one NaN over the whole matrix.
+- `preprocess_timer`: None, or a zero-argument callable returning a context manager; when set, the
+  gradient preprocessing (GradNorm + whitening, or the SR-Sinkhorn scales) of each bucket of a step runs
+  inside `with preprocess_timer():` (entered once per bucket; the harness sums a step's intervals).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor
+
+from optimizers import functional as F
+
+__all__ = ["SWAN", "SinkGD", "NonFiniteGradientError", "swan_workspace_numel", "sinkgd_workspace_numel"]
+
+NONFINITE_POLICIES = ("raise", "skip")
+
+# SinkGD stacks same-shape matrices of at most this many elements into one batched call, up to this many
+# elements per batch (4 MiB fp32; the batch's transient is twice that: the stacked copy and G*G).
+SINKGD_STACK_NUMEL = 1 << 20
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient had inf/NaN entries; raised before any parameter was modified."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Workspace: the transient fp32 elements one step allocates (also declared through optimizers.info)
+# --------------------------------------------------------------------------------------------------
+
+def swan_workspace_numel(shape: tuple[int, ...], steps: int = 10, method: str = "newton-schulz") -> int:
+    """Peak transient fp32 elements of one SWAN step on one m x n matrix (s = min(m, n)).
+
+    The fp32 GradNorm'd copy X (m n) lives throughout; while whitening, the loop's s x s buffers
+    (`functional.whiten_buffers`: 4 for k >= 3 coupled steps, 1 for NSDS) sit beside it; then only Z (s^2)
+    and the output Z X (m n) remain. O(m) row statistics and scalars are not counted.
+    """
+    m, n = int(shape[-2]), int(shape[-1])
+    s = min(m, n)
+    loop = F.whiten_buffers(steps, method) * s * s
+    final = s * s + m * n
+    return m * n + max(loop, final)
+
+
+def sinkgd_workspace_numel(shape: tuple[int, ...]) -> int:
+    """Peak transient fp32 elements of one SinkGD step on one m x n matrix (the blocked CPU kernel).
+
+    While the scales are computed: one L2-sized scratch block of rows (`functional.sinkhorn_block_rows(n)`
+    x n), the squared scales q (m) and p (n) and the column accumulator (n). The scales are square-rooted
+    in place, and the update is fused into the parameter through a scratch block of the same size, so no
+    m x n buffer is ever allocated. (Measured with the torch profiler: equal up to a few 0-dim scalars.)
+    Small matrices (m n <= SINKGD_STACK_NUMEL) that share their shape with others are stacked instead:
+    two m n fp32 buffers per matrix of the batch, at most 2 * SINKGD_STACK_NUMEL elements (8 MiB) per
+    batch; this function declares one matrix stepped alone.
+    """
+    m, n = int(shape[-2]), int(shape[-1])
+    rows = min(m, F.sinkhorn_block_rows(n))
+    return rows * n + m + 2 * n
+
+
+# --------------------------------------------------------------------------------------------------
+# The shared skeleton
+# --------------------------------------------------------------------------------------------------
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_nonneg(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    _check_nonneg(name, value)
+    if value == 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+class _StatelessMatrixOptimizer(torch.optim.Optimizer):
+    """Walks groups, checks gradients, times preprocessing; subclasses implement `_step_group`."""
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        self._validate(defaults)
+        super().__init__(params, defaults)
+        self.preprocess_timer: Callable[[], contextlib.AbstractContextManager] | None = None
+        self.skipped_steps = 0
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._validate(group)
+        for p in group["params"]:
+            if p.dim() != 2:
+                raise ValueError(
+                    f"{type(self).__name__} only supports 2-D parameters (matrices), got shape "
+                    f"{tuple(p.shape)}; route vectors and embeddings to AdamW with optimizers.build(...)")
+
+    def _validate(self, group: dict[str, Any]) -> None:
+        _check_nonneg("lr", group["lr"])
+        _check_positive("alpha", group["alpha"])
+        _check_positive("eps", group["eps"])
+        _check_nonneg("weight_decay", group["weight_decay"])
+        if group["nonfinite"] not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {group['nonfinite']!r}")
+
+    def _timer(self) -> contextlib.AbstractContextManager:
+        return self.preprocess_timer() if self.preprocess_timer is not None else contextlib.nullcontext()
+
+    @staticmethod
+    def _params_with_grad(group: dict[str, Any]) -> list[Tensor]:
+        out = []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("SWAN/SinkGD do not support sparse gradients")
+            out.append(p)
+        return out
+
+    def _all_finite(self, groups: list[list[Tensor]]) -> bool:
+        """One fused norm per device/dtype over every gradient of the step (one host sync)."""
+        grads = [p.grad for params in groups for p in params]
+        if not grads:
+            return True
+        norms = torch._foreach_norm(grads)
+        return bool(torch.stack([n.float() for n in norms]).isfinite().all())
+
+    def _nonfinite(self, policy: str) -> None:
+        if policy == "raise":
+            raise NonFiniteGradientError(
+                f"{type(self).__name__}: a gradient has inf/NaN entries; no parameter was changed "
+                "(pass nonfinite='skip' to skip such steps instead)")
+        self.skipped_steps += 1
+        warnings.warn(f"{type(self).__name__}: non-finite gradient, step skipped "
+                      f"({self.skipped_steps} so far)", RuntimeWarning, stacklevel=3)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every parameter with a gradient; returns the closure's loss (or None)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        per_group = [self._params_with_grad(g) for g in self.param_groups]
+        if not self._all_finite(per_group):
+            # the policy of the first group decides (groups rarely differ; the check is step-wide)
+            self._nonfinite(self.param_groups[0]["nonfinite"])
+            return loss
+        for group, params in zip(self.param_groups, per_group):
+            if params:
+                self._step_group(group, params)
+        return loss
+
+    def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _decay_(params: list[Tensor], group: dict[str, Any]) -> None:
+        if group["weight_decay"] != 0:
+            torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])
+
+
+def _same_shape_buckets(params: list[Tensor]) -> list[list[Tensor]]:
+    """Parameters grouped by (shape, dtype, device), in first-seen order."""
+    buckets: dict[tuple, list[Tensor]] = {}
+    for p in params:
+        buckets.setdefault((tuple(p.shape), p.dtype, p.device), []).append(p)
+    return list(buckets.values())
+
+
+def _chunks(items: list[Tensor], size: int) -> list[list[Tensor]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+# --------------------------------------------------------------------------------------------------
+# SWAN
+# --------------------------------------------------------------------------------------------------
+
+class SWAN(_StatelessMatrixOptimizer):
+    r"""SWAN: SGD with GradNorm and GradWhitening, no optimizer state (arXiv 2412.13148, ICML 2025).
+
+    For every 2-D parameter W (m x n) with gradient G:
+
+        Gn = GradNorm(G)                     rows standardised: (G - mean_row) / max(std_row, eps)
+        U  = GradWhiten(Gn)                  (Gn Gn^T)^(-1/2) Gn ~ U V^T, smaller Gram side, fp32
+        U  <- U * sqrt(m n) / ||U||_F        entry RMS 1, like an Adam update
+        W  <- W (1 - lr wd) - lr * alpha * U
+
+    Use it for the hidden attention/MLP matrices of a transformer, with AdamW on embeddings, LM head and
+    norms (`optimizers.build("swan", model)` builds exactly that).
+
+    Args:
+        params: 2-D parameters or groups.
+        lr: learning rate (default 0.02, the papers' global lr); schedulers act on it.
+        alpha: matrix-group scale (default 0.05, the papers' convention; effective step 1e-3 per unit RMS).
+        steps: Newton-Schulz steps k (default 10, the public full-NS setting the cost model in
+            ALGORITHMS.md assumes).
+        beta: Newton-Schulz step factor b (default 0.8: x -> b(3x - x^3) lifts small singular values by
+            2.4x per step (x0 >= 2.4^-10 ~ 1.6e-4 is lifted within 10 steps) and, once lifted, keeps them in
+            [0.56, 1.6];
+            b = 0.5 converges to exactly U V^T but needs many more steps for small singular values).
+        whitening: "newton-schulz" (coupled iteration) or "diag" (NSDS diagonal substitution, the paper's
+            fast variant; use steps=2, beta=0.4 with it, as `swan-fast` does).
+        eps: floor on row std in GradNorm and on the Frobenius norm in the rescale (default 1e-8).
+        weight_decay: decoupled weight decay (default 0, as in the protocol).
+        nonfinite: "raise" (default) or "skip" for steps with inf/NaN gradients.
+        batch_budget: fp32 elements a batch of same-shape matrices may use for its whitening workspace;
+            default None = the workspace of the largest matrix in the optimizer, so batching never raises
+            the step's transient peak above stepping that one matrix alone. Raise it on GPUs with many
+            small matrices.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.02, alpha: float = 0.05, steps: int = 10,
+                 beta: float = 0.8, whitening: str = "newton-schulz", eps: float = F.GRAD_NORM_EPS,
+                 weight_decay: float = 0.0, nonfinite: str = "raise", batch_budget: int | None = None) -> None:
+        defaults = dict(lr=lr, alpha=alpha, steps=steps, beta=beta, whitening=whitening, eps=eps,
+                        weight_decay=weight_decay, nonfinite=nonfinite, batch_budget=batch_budget)
+        super().__init__(params, defaults)
+
+    def _validate(self, group: dict[str, Any]) -> None:
+        super()._validate(group)
+        F._validate_whiten_args(group["steps"], group["beta"], group["whitening"])
+        if group["batch_budget"] is not None:
+            _check_positive_int("batch_budget", group["batch_budget"])
+
+    def _workspace(self, shape: tuple[int, ...], group: dict[str, Any]) -> int:
+        return swan_workspace_numel(shape, group["steps"], group["whitening"])
+
+    def _budget(self, group: dict[str, Any]) -> int:
+        if group["batch_budget"] is not None:
+            return group["batch_budget"]
+        return max(self._workspace(tuple(p.shape), g) for g in self.param_groups for p in g["params"])
+
+    def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        budget = self._budget(group)
+        for bucket in _same_shape_buckets(params):
+            per_matrix = self._workspace(tuple(bucket[0].shape), group)
+            for chunk in _chunks(bucket, max(1, budget // per_matrix)):
+                with self._timer():
+                    update = self._preprocess(chunk, group)
+                self._apply(chunk, update, group)
+                del update
+
+    @staticmethod
+    def _preprocess(params: list[Tensor], group: dict[str, Any]) -> Tensor:
+        """fp32 [B, m, n]: GradNorm (written straight into the batch) -> whitening -> RMS-1 rescale."""
+        m, n = params[0].shape
+        x = torch.empty((len(params), m, n), dtype=torch.float32, device=params[0].device)
+        for i, p in enumerate(params):
+            F._grad_norm_into(p.grad, x[i], group["eps"])
+        update = F._whiten_batch(x, group["steps"], group["beta"], group["whitening"])
+        del x
+        return F.frobenius_rescale_(update, math.sqrt(m * n), group["eps"], check_finite=True)
+
+    def _apply(self, params: list[Tensor], update: Tensor, group: dict[str, Any]) -> None:
+        self._decay_(params, group)
+        step = -group["lr"] * group["alpha"]
+        for p, u in zip(params, update.unbind(0)):
+            p.add_(u, alpha=step)
+
+
+# --------------------------------------------------------------------------------------------------
+# SinkGD
+# --------------------------------------------------------------------------------------------------
+
+class SinkGD(_StatelessMatrixOptimizer):
+    r"""SinkGD: gradient descent on the SR-Sinkhorn-normalised gradient, no state (arXiv 2502.06742).
+
+    For every 2-D parameter W (m x n) with gradient G, SR-Sinkhorn (Algorithm 3) repeats L times
+    "rows to l2 norm sqrt(n), then columns to l2 norm sqrt(m)", i.e. finds vectors r, c with
+    S = diag(r) G diag(c) (entry RMS 1), and
+
+        W <- W (1 - lr wd) - lr * alpha * diag(r) G diag(c)
+
+    The scales are computed with one pass over G per iteration (see `functional.sinkhorn_scales`) and the
+    scaled matrix is never materialised: it is fused, block by block, into the parameter update. Large
+    matrices are stepped one at a time (the kernel is memory-bound; a stacked batch would cost a copy);
+    small same-shape ones (<= SINKGD_STACK_NUMEL elements) are stacked into one batched call, where per-op
+    overhead would otherwise dominate.
+
+    Args:
+        params: 2-D parameters or groups.
+        lr: learning rate (default 0.02, the paper's global lr).
+        alpha: matrix-group scale (default 0.05: the paper's matrix lr is 0.05 x global lr).
+        iterations: Sinkhorn iterations L (default 5, the paper's; L = 1 is cheaper with a small loss).
+        eps: floor on row/column norms (default 1e-8); a zero row or column stays zero.
+        weight_decay: decoupled weight decay (default 0, as in the protocol).
+        nonfinite: "raise" (default) or "skip" for steps with inf/NaN gradients.
+        method: "blocked" (one L2-sized row block at a time; CPU) or "vectors" (S = G*G materialised,
+            two mat-vecs per iteration; fewer, larger kernels for GPUs); default "auto" picks blocked on
+            CPU and vectors elsewhere.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.02, alpha: float = 0.05, iterations: int = 5,
+                 eps: float = F.GRAD_NORM_EPS, weight_decay: float = 0.0, nonfinite: str = "raise",
+                 method: str = "auto") -> None:
+        defaults = dict(lr=lr, alpha=alpha, iterations=iterations, eps=eps, weight_decay=weight_decay,
+                        nonfinite=nonfinite, method=method)
+        super().__init__(params, defaults)
+
+    def _validate(self, group: dict[str, Any]) -> None:
+        super()._validate(group)
+        _check_positive_int("iterations", group["iterations"])
+        if group["method"] not in ("auto", "blocked", "vectors"):
+            raise ValueError(f"method must be 'auto', 'blocked' or 'vectors', got {group['method']!r}")
+
+    @staticmethod
+    def _method(group: dict[str, Any], device: torch.device) -> str:
+        if group["method"] != "auto":
+            return group["method"]
+        return "blocked" if device.type == "cpu" else "vectors"
+
+    def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        self._decay_(params, group)
+        step = -group["lr"] * group["alpha"]
+        for bucket in _same_shape_buckets(params):
+            m, n = bucket[0].shape
+            if len(bucket) > 1 and m * n <= SINKGD_STACK_NUMEL:
+                for chunk in _chunks(bucket, max(1, SINKGD_STACK_NUMEL // (m * n))):
+                    self._step_stacked(chunk, group, step)
+                continue
+            for p in bucket:
+                with self._timer():
+                    r, c = F.sinkhorn_scales(p.grad, group["iterations"], group["eps"],
+                                             self._method(group, p.device))
+                self._apply_scaled_(p, r, c, step)
+
+    def _step_stacked(self, params: list[Tensor], group: dict[str, Any], step: float) -> None:
+        """Small same-shape matrices in one batch: a handful of ops for the chunk instead of ~20 per matrix.
+
+        The stack is an fp32 copy (B m n), S = G*G another inside the "vectors" kernel; the scaled matrix is
+        formed in place in the copy. Per-op overhead, not bandwidth, dominates small matrices on CPU (and
+        kernel launches on GPU), so the copy pays for itself.
+        """
+        with self._timer():
+            g = torch.stack([p.grad for p in params]).float()
+            r, c = F.sinkhorn_scales(g, group["iterations"], group["eps"], "vectors")
+        update = g.mul_(c.unsqueeze(-2)).mul_(r.unsqueeze(-1))
+        for p, u in zip(params, update.unbind(0)):
+            p.add_(u, alpha=step)
+
+    @staticmethod
+    def _apply_scaled_(p: Tensor, r: Tensor, c: Tensor, step: float) -> None:
+        """p += step * diag(r) G diag(c), one L2-sized block of rows at a time (no m x n temporary)."""
+        g = p.grad
+        rows = min(p.shape[0], F.sinkhorn_block_rows(p.shape[1]))
+        scratch = torch.empty((rows, p.shape[1]), dtype=r.dtype, device=p.device)
+        for start in range(0, p.shape[0], rows):
+            blk = torch.mul(g[start:start + rows], c, out=scratch[: min(rows, p.shape[0] - start)])
+            p[start:start + rows].addcmul_(blk, r[start:start + rows].unsqueeze(-1), value=step)

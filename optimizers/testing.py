@@ -1,0 +1,58 @@
+"""A tiny LLaMA-named model and task for optimizer tests (CPU, milliseconds per step); test helpers only."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+VOCAB, DIM, HIDDEN = 32, 16, 40
+
+
+class ToyBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_layernorm = nn.RMSNorm(DIM)
+        self.q_proj = nn.Linear(DIM, DIM, bias=False)      # square: singular Gram after GradNorm
+        self.o_proj = nn.Linear(DIM, DIM, bias=False)
+        self.up_proj = nn.Linear(DIM, HIDDEN, bias=False)  # tall
+        self.down_proj = nn.Linear(HIDDEN, DIM, bias=False)  # wide
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.input_layernorm(x)
+        x = x + self.o_proj(torch.tanh(self.q_proj(h)))
+        return x + self.down_proj(torch.relu(self.up_proj(x)))
+
+
+class ToyLM(nn.Module):
+    """Parameter names follow transformers' LLaMA, so the default hybrid rules apply unchanged."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed_tokens = nn.Embedding(VOCAB, DIM)
+        self.layers = nn.ModuleList([ToyBlock(), ToyBlock()])
+        self.norm = nn.RMSNorm(DIM)
+        self.lm_head = nn.Linear(DIM, VOCAB, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(ids)
+        for layer in self.layers:
+            x = layer(x)
+        return self.lm_head(self.norm(x))
+
+
+def batch(seed: int = 0, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets of a learnable map: target = (3 * token + 1) mod VOCAB."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (n, 1), generator=gen)
+    return ids, (3 * ids + 1) % VOCAB
+
+
+def loss_fn(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    ids, target = data
+    return nn.functional.cross_entropy(model(ids).reshape(-1, VOCAB), target.reshape(-1))
+
+
+def hidden_names(model: nn.Module) -> list[str]:
+    return [n for n, _ in model.named_parameters() if n.endswith(("q_proj.weight", "o_proj.weight",
+                                                                   "up_proj.weight", "down_proj.weight"))]

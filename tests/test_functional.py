@@ -1,0 +1,281 @@
+"""The pure operators against float64, paper-literal references, on every shape class.
+
+Tolerances: the fast paths compute in fp32, so a relative Frobenius error of a few 1e-7 per operation is
+rounding; the bounds below (1e-5 .. 1e-4) sit one to two orders above what the operators show and far below
+any real discrepancy (a wrong sign, a missed step or a transposed side gives errors of order 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from optimizers import functional as F
+from optimizers import reference as R
+
+SHAPES = {"square": (32, 32), "tall": (48, 20), "wide": (20, 48), "batched": (3, 2, 16, 24)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is fastest, and on a loaded 2-core machine two spinning OpenMP
+    threads slow these tests down ~30x. Restored afterwards so other test modules are unaffected."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-300))
+
+
+def per_matrix(fn, g: torch.Tensor) -> torch.Tensor:
+    """Apply a single-matrix reference to every matrix of a batch."""
+    flat = g.reshape(-1, *g.shape[-2:])
+    return torch.stack([fn(m) for m in flat]).reshape(g.shape)
+
+
+def randn(shape, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+
+
+def with_spectrum(m: int, n: int, s: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """U diag(s) V^T with random orthonormal U (m x r), V (n x r), r = len(s): a controlled spectrum."""
+    gen = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(m, len(s), generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, len(s), generator=gen, dtype=torch.float64))
+    return (u * s) @ v.T
+
+
+def special_inputs() -> dict[str, torch.Tensor]:
+    zero_row = randn((24, 40), seed=3)
+    zero_row[5] = 0
+    return {
+        **{name: randn(shape, seed=i) for i, (name, shape) in enumerate(SHAPES.items())},
+        "rank_deficient": with_spectrum(16, 40, torch.linspace(0.3, 1.0, 6, dtype=torch.float64)).float(),
+        "bf16": randn((24, 56), seed=7, dtype=torch.bfloat16),
+        "zero_row": zero_row,
+    }
+
+
+INPUTS = special_inputs()
+
+
+# ----------------------------------------------------------------------------------------------------
+# GradNorm
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(INPUTS))
+def test_grad_norm_matches_reference(name):
+    g = INPUTS[name]
+    out = F.grad_norm(g)
+    assert out.dtype == torch.float32 and out.shape == g.shape
+    assert rel_err(out, per_matrix(R.grad_norm_reference, g)) < 1e-5
+
+
+def test_grad_norm_rows_are_standardised_and_zero_rows_stay_zero():
+    g = INPUTS["zero_row"].clone()
+    g[7] = 3.5  # a constant row: std 0 as well
+    out = F.grad_norm(g)
+    assert torch.equal(out[5], torch.zeros(40)) and torch.equal(out[7], torch.zeros(40))
+    rest = torch.cat([out[:5], out[8:]])
+    assert rest.mean(dim=1).abs().max() < 1e-6
+    assert (rest.var(dim=1, correction=0) - 1).abs().max() < 1e-5
+
+
+def test_grad_norm_is_scale_free_above_eps():
+    """eps is a floor, not an offset: tiny but non-zero rows are standardised exactly."""
+    g = INPUTS["wide"]
+    assert rel_err(F.grad_norm(g * 1e-6), F.grad_norm(g)) < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------
+# GradWhitening
+# ----------------------------------------------------------------------------------------------------
+
+def test_literal_newton_schulz_equals_its_spectral_form():
+    """The float64 references agree with each other: the coupled iteration is x -> b(3x - x^3) on sigma."""
+    for g in (INPUTS["wide"], INPUTS["tall"], INPUTS["rank_deficient"]):
+        for steps, beta in ((10, 0.8), (6, 0.5)):
+            assert rel_err(R.newton_schulz_reference(g, steps, beta), R.spectral_newton_schulz(g, steps, beta)) < 1e-10
+
+
+@pytest.mark.parametrize("steps,beta", [(10, 0.8), (6, 0.5), (1, 0.5), (2, 0.4)])
+@pytest.mark.parametrize("name", list(INPUTS))
+def test_grad_whiten_matches_float64_iteration(name, steps, beta):
+    g = INPUTS[name]
+    out = F.grad_whiten(g, steps=steps, beta=beta)
+    assert out.dtype == torch.float32 and out.shape == g.shape
+    ref = per_matrix(lambda m: R.spectral_newton_schulz(m, steps, beta), g)
+    assert rel_err(out, ref) < 1e-4 + null_space_amplification(name, steps, beta)
+
+
+def null_space_amplification(name: str, steps: int, beta: float) -> float:
+    """Extra error allowed where singular values are exactly zero: fp32 rounding (~1e-7 of the largest
+    singular value) lands in the null space, and the cubic's slope 3b at zero multiplies it k times
+    (b = 0.8, k = 10: 2.4^10 ~ 6e3, so ~6e-4; b = 0.5 shrinks it instead). Full-rank inputs get no slack."""
+    return 1e-7 * (3 * beta) ** steps if name in ("rank_deficient", "zero_row", "grad_normed_square", "square_singular") else 0.0
+
+
+def test_grad_whiten_after_grad_norm_square_is_finite_and_matches():
+    """Square W after GradNorm: rows sum to zero, the Gram matrix is singular (rank <= n-1)."""
+    gn = F.grad_norm(randn((40, 40), seed=11))
+    assert torch.linalg.matrix_rank(gn.double() @ gn.double().T) <= 39
+    out = F.grad_whiten(gn)
+    assert torch.isfinite(out).all()
+    assert rel_err(out, R.spectral_newton_schulz(gn, 10, 0.8)) < 1e-4 + null_space_amplification(
+        "grad_normed_square", 10, 0.8)
+
+
+@pytest.mark.parametrize("case", ["square", "tall", "wide", "rank_deficient", "square_singular", "batched"])
+def test_grad_whiten_converges_to_polar_factor(case):
+    """Enough b=0.5 steps reproduce U V^T (the pseudo-inverse one for rank-deficient input)."""
+    s = torch.linspace(0.2, 1.0, 24, dtype=torch.float64)
+    g = {
+        "square": with_spectrum(24, 24, s),
+        "tall": with_spectrum(40, 24, s),
+        "wide": with_spectrum(24, 40, s),
+        "rank_deficient": with_spectrum(24, 40, s[:10]),
+        "square_singular": with_spectrum(24, 24, s[1:]),  # like a square layer after GradNorm
+        "batched": torch.stack([with_spectrum(24, 40, s, seed=i) for i in range(3)]),
+    }[case].float()
+    exact = per_matrix(F.whiten_exact, g)
+    # x0 >= 0.2 / sqrt(||s^2||) ~ 0.07 reaches 1 within ~12 steps at b = 0.5; 16 steps leave <= 1.5^16 ~ 7e2
+    # times fp32 rounding in the null space of the rank-deficient cases
+    assert rel_err(F.grad_whiten(g, steps=16, beta=0.5), exact) < 1e-5 + null_space_amplification(case, 16, 0.5)
+    # and a few steps are visibly not there yet: the test can tell converged from not
+    assert rel_err(F.grad_whiten(g, steps=3, beta=0.5), exact) > 1e-2
+
+
+def test_grad_whiten_raw_random_wide_and_tall_reach_polar_factor():
+    for g in (randn((32, 96), seed=5), randn((96, 32), seed=6)):
+        u, _, vh = torch.linalg.svd(g.double(), full_matrices=False)
+        assert rel_err(F.grad_whiten(g, steps=40, beta=0.5), u @ vh) < 1e-5
+
+
+def test_whiten_exact_is_polar_factor_and_pseudo_inverse():
+    g = randn((20, 48), seed=1)
+    u, _, vh = torch.linalg.svd(g.double(), full_matrices=False)
+    assert rel_err(F.whiten_exact(g), u @ vh) < 1e-10
+    low = with_spectrum(20, 48, torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64))
+    u, s, vh = torch.linalg.svd(low, full_matrices=False)
+    assert rel_err(F.whiten_exact(low), u[:, :3] @ vh[:3]) < 1e-10
+    assert F.whiten_exact(low).dtype == torch.float64
+
+
+def test_zero_row_stays_zero_through_whitening():
+    g = INPUTS["zero_row"]
+    for out in (F.grad_whiten(g), F.whiten_diag(g), F.whiten_exact(g)):
+        assert out[5].abs().max() < 1e-6
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("steps,beta", [(2, 0.4), (5, 0.5)])
+@pytest.mark.parametrize("name", list(INPUTS))
+def test_nsds_matches_float64_reference(name, steps, beta):
+    g = INPUTS[name]
+    out = F.grad_whiten(g, steps=steps, beta=beta, method="diag")
+    assert rel_err(out, per_matrix(lambda m: R.nsds_reference(m, steps, beta), g)) < 1e-5
+
+
+def test_nsds_one_step_equals_coupled_one_step():
+    g = INPUTS["wide"]
+    assert rel_err(F.whiten_diag(g, steps=1, beta=0.4), F.grad_whiten(g, steps=1, beta=0.4)) < 1e-6
+
+
+def test_batched_whitening_equals_per_matrix():
+    g = INPUTS["batched"]
+    for method in F.WHITEN_METHODS:
+        batched = F.grad_whiten(g, method=method)
+        looped = per_matrix(lambda m: F.grad_whiten(m, method=method), g)
+        assert rel_err(batched, looped) < 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------
+# SR-Sinkhorn
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", F.SINKHORN_METHODS)
+@pytest.mark.parametrize("name", list(INPUTS))
+def test_sr_sinkhorn_matches_reference(name, method):
+    g = INPUTS[name]
+    out = F.sr_sinkhorn(g, iters=5, method=method)
+    assert out.dtype == torch.float32 and out.shape == g.shape
+    assert rel_err(out, per_matrix(lambda m: R.sr_sinkhorn_reference(m, 5), g)) < 1e-5
+
+
+def test_sr_sinkhorn_hits_norm_targets():
+    m, n = 48, 120
+    g = randn((m, n), seed=9)
+    out = F.sr_sinkhorn(g, iters=5)
+    # the last step normalises columns: exact up to rounding, Frobenius sqrt(mn)
+    assert (out.norm(dim=0) - math.sqrt(m)).abs().max() < 1e-4
+    assert abs(float(out.norm()) - math.sqrt(m * n)) < 1e-3
+    # rows converge to sqrt(n) as L grows (and are not there after one iteration)
+    converged = F.sr_sinkhorn(g, iters=100)
+    assert (converged.norm(dim=1) / math.sqrt(n) - 1).abs().max() < 1e-4
+    once = F.sr_sinkhorn(randn((m, n), seed=9) * torch.linspace(0.1, 10, n), iters=1)
+    assert (once.norm(dim=1) / math.sqrt(n) - 1).abs().max() > 1e-3
+
+
+def test_sr_sinkhorn_zero_row_stays_zero():
+    out = F.sr_sinkhorn(INPUTS["zero_row"], iters=5)
+    assert torch.isfinite(out).all() and torch.equal(out[5], torch.zeros(40))
+
+
+def test_sinkhorn_scales_reproduce_the_matrix():
+    g = INPUTS["batched"]
+    for method in ("blocked", "vectors"):
+        r, c = F.sinkhorn_scales(g, iters=5, method=method)
+        assert r.shape == g.shape[:-1] and c.shape == (*g.shape[:-2], g.shape[-1])
+        assert rel_err(r.unsqueeze(-1) * g * c.unsqueeze(-2), F.sr_sinkhorn(g, iters=5)) < 1e-6
+
+
+def test_blocked_sinkhorn_with_many_blocks(monkeypatch):
+    """Force tiny row blocks so the block loop (not one whole-matrix block) is what gets tested."""
+    monkeypatch.setattr(F, "SINKHORN_BLOCK_BYTES", 4 * 40 * 3)  # 3 rows of 40 per block
+    assert F.sinkhorn_block_rows(40) == 3
+    g = INPUTS["zero_row"]
+    assert rel_err(F.sr_sinkhorn(g, iters=5), R.sr_sinkhorn_reference(g, 5)) < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------
+# Muon's quintic, dtypes, validation
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["square", "tall", "wide", "bf16"])
+def test_muon_quintic_matches_reference(name):
+    g = INPUTS[name]
+    out = F.muon_quintic(g, steps=5)
+    assert rel_err(out, R.muon_quintic_reference(g, 5)) < 1e-4
+    sv = torch.linalg.svdvals(F.muon_quintic(randn((32, 96), seed=2)).double())
+    assert sv.min() > 0.5 and sv.max() < 1.3  # U S' V^T with S' near 1, not exactly 1
+
+
+def test_dtype_policy_and_inputs_untouched():
+    g = INPUTS["bf16"]
+    before = g.clone()
+    for fn in (F.grad_norm, F.grad_whiten, F.whiten_diag, F.sr_sinkhorn, F.muon_quintic):
+        assert fn(g).dtype == torch.float32
+        assert fn(g.double()).dtype == torch.float64
+    assert torch.equal(g, before)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: F.grad_whiten(torch.randn(5)),
+    lambda: F.grad_whiten(torch.randn(4, 4), steps=0),
+    lambda: F.grad_whiten(torch.randn(4, 4), beta=1.0),
+    lambda: F.grad_whiten(torch.randn(4, 4), method="svd"),
+    lambda: F.sr_sinkhorn(torch.randn(4, 4), iters=0),
+    lambda: F.sr_sinkhorn(torch.randn(4, 4), method="fast"),
+    lambda: F.grad_norm(torch.randn(3)),
+    lambda: F.muon_quintic(torch.randn(4, 4), steps=0),
+])
+def test_invalid_arguments_raise_value_error(call):
+    with pytest.raises(ValueError):
+        call()
