@@ -21,6 +21,14 @@ app = typer.Typer(
 
 # (command name, "module:function"): one line per command; the function's annotated signature is the CLI.
 COMMANDS: list[tuple[str, str]] = [
+    ("run", "swanbench.commands.run:run"),
+    ("list", "swanbench.commands.listing:list_"),
+    ("env", "swanbench.commands.env:env"),
+    ("check", "swanbench.commands.check:check"),
+    ("plot", "swanbench.commands.plot:plot"),
+    ("report", "swanbench.commands.report:report"),
+    ("estimate", "swanbench.commands.estimate:estimate"),
+    ("fit", "swanbench.commands.fit:fit"),
 ]
 
 

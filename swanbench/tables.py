@@ -63,6 +63,12 @@ def ordered_columns(rows: Sequence[Mapping[str, object]], columns: Sequence[str]
     return list(columns) + extra
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_rows_atomic(path: Path, rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> Path:
     """Write rows as CSV to `path` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
@@ -77,6 +83,7 @@ def write_rows_atomic(path: Path, rows: Sequence[Mapping[str, object]], columns:
                 writer.writerow({k: _cell(row.get(k)) for k in header})
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a results table is as readable as any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

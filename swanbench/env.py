@@ -1,0 +1,94 @@
+"""The environment a run measured in: versions, device, host and git revision (recorded per run in env.json).
+
+Everything here is read-only and cheap; a value that cannot be found is None, never a guess.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "pandas", "gensim", "datasets", "nvidia-ml-py")
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_revision(root: Path = REPO_ROOT) -> str | None:
+    """HEAD's commit (with "-dirty" when tracked files changed), or None outside a git checkout."""
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{rev}-dirty" if dirty else rev or None
+
+
+def cpu_name() -> str | None:
+    """The CPU model (Linux /proc/cpuinfo, else platform.processor())."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def device_info(device: str | None = None) -> dict[str, Any]:
+    """The device a run uses (imports torch): its name, memory and the CUDA/cuDNN versions."""
+    import torch
+
+    from swanbench.suite import resolve_device
+
+    resolved = resolve_device(device or "auto")
+    info: dict[str, Any] = {"device": resolved, "cuda_available": torch.cuda.is_available(),
+                            "cuda_version": torch.version.cuda, "torch_threads": torch.get_num_threads()}
+    if resolved.startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(resolved).index or 0
+        props = torch.cuda.get_device_properties(index)
+        info.update(device_name=props.name, device_memory_bytes=props.total_memory,
+                    cudnn_version=torch.backends.cudnn.version(), cuda_device_count=torch.cuda.device_count())
+    else:
+        info.update(device_name=cpu_name(), device_memory_bytes=_total_ram())
+    return info
+
+
+def _total_ram() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def collect(device: str | None = None) -> dict[str, Any]:
+    """The full environment record (env.json of a run, and `swanbench env`)."""
+    from swanbench import __version__
+
+    env: dict[str, Any] = {
+        "swanbench_version": __version__,
+        "python_version": platform.python_version(),
+        "python_executable": sys.executable,
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "cpu_name": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "git_rev": git_revision(),
+    }
+    env.update({f"{name.replace('-', '_')}_version": package_version(name) for name in PACKAGES})
+    env.update(device_info(device))
+    return env
