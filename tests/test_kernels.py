@@ -1,0 +1,290 @@
+"""The operator micro-benchmark: suite validation, inputs, float64 references, the memory counter,
+timing statistics and an end-to-end run of suites/whitening-quick.toml (a few seconds on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from swanbench import kernels as K
+from swanbench.models import PRESETS
+from swanbench.suite import SuiteError
+from swanbench.tables import KERNELS_COLUMNS, read_table
+
+SUITES = Path(__file__).resolve().parent.parent / "suites"
+QUICK = SUITES / "whitening-quick.toml"
+
+
+def _suite(**kernels) -> K.KernelSuite:
+    return K.load_kernel_suite({"kind": "kernels", "kernels": kernels}, Path("x.toml"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+
+def test_shipped_suites_validate():
+    full = K.load_kernel_suite_file(SUITES / "whitening.toml")
+    assert {m.operator for m in full.methods} == set(K.METHODS)
+    assert {"60m", "130m", "350m", "1b"} <= set(full.models)
+    quick = K.load_kernel_suite_file(QUICK)
+    assert quick.models == ("nano",) and quick.compile == ("eager",)
+
+
+@pytest.mark.parametrize("kernels, needle", [
+    ({"operater": ["grad_norm"]}, "kernels.operater: unknown key; did you mean 'operators'?"),
+    ({"operators": ["grad_whitten"]}, "did you mean 'grad_whiten'?"),
+    ({"operators": ["grad_whiten:ns-b0.5-k7"]}, "did you mean 'grad_whiten:ns-b0.5-k6'?"),
+    ({"models": ["1B"]}, "kernels.models: unknown value '1B'"),
+    ({"dtypes": ["bfloat61"]}, "did you mean 'bfloat16'?"),
+    ({"compile": ["compile"]}, "did you mean 'compiled'?"),
+    ({"batch": [0]}, "kernels.batch: expected integers >= 1"),
+    ({"repeats": "7"}, "kernels.repeats: expected an integer >= 1"),
+    ({"device": "tpu"}, "kernels.device"),
+    ({"skip": [{"operator": "whiten_exact"}]}, "kernels.skip[0].reason: every skip rule needs a reason"),
+    ({"skip": [{"operater": "x", "reason": "r"}]}, "kernels.skip[0].operater: unknown key; did you mean 'operator'?"),
+    ({"skip": [{"method": "L5", "reason": "r"}]}, "kernels.skip[0].method: unknown value 'L5'"),
+])
+def test_bad_suites_fail_with_one_line_naming_file_and_key(kernels, needle):
+    with pytest.raises(SuiteError) as err:
+        _suite(**kernels)
+    message = str(err.value)
+    assert message.startswith("x.toml: ") and needle in message and "\n" not in message
+
+
+def test_unknown_top_level_key_is_rejected():
+    with pytest.raises(SuiteError, match=r"x.toml: matrix: not allowed"):
+        K.load_kernel_suite({"kind": "kernels", "kernels": {}, "matrix": {}}, Path("x.toml"))
+
+
+def test_operator_entries_select_methods():
+    suite = _suite(operators=["grad_whiten:nsds-b0.4-k2", "sr_sinkhorn"])
+    keys = [m.key for m in suite.methods]
+    assert keys[0] == "grad_whiten:nsds-b0.4-k2"
+    assert set(keys[1:]) == {f"sr_sinkhorn:{m}" for m in K.METHODS["sr_sinkhorn"]}
+
+
+def test_every_method_resolves_to_a_function():
+    for methods in K.METHODS.values():
+        for method in methods.values():
+            assert callable(K.resolve_callable(method))
+
+
+# --------------------------------------------------------------------------------------------------
+# Shapes, cases, skips, budget
+# --------------------------------------------------------------------------------------------------
+
+def test_shapes_are_deduplicated_and_named():
+    suite = _suite(models=["60m", "1b"], square=[512, 100])
+    shapes = {(s.rows, s.cols): s for s in K.suite_shapes(suite)}
+    assert shapes[(512, 512)].role == "qkvo" and shapes[(512, 512)].models == ("60m",)  # square 512 folded in
+    assert shapes[(5461, 2048)].role == "gate_up" and shapes[(2048, 5461)].role == "down"
+    assert shapes[(100, 100)].role == "square"
+    assert len(shapes) == 7
+
+
+def test_skip_rules_and_compile_models():
+    suite = _suite(models=["nano", "1b"], operators=["whiten_exact", "grad_norm"], compile=["eager", "compiled"],
+                   compile_models=["nano"], dtypes=["float32", "bfloat16"],
+                   skip=[{"operator": "whiten_exact", "model": "1b", "reason": "too slow"}])
+    cases = K.expand_cases(suite, K.suite_shapes(suite))
+    assert not [c for c in cases if c.compile == "compiled" and "1b" in c.shape.models]
+    reasons = {(c.method.operator, c.shape.models): K.skip_reason(suite, c) for c in cases}
+    assert reasons[("whiten_exact", ("1b",))] == "too slow"
+    assert reasons[("grad_norm", ("1b",))] is None and reasons[("whiten_exact", ("nano",))] is None
+
+
+def test_plan_repeats_fits_the_budget():
+    suite = _suite(repeats=10, min_repeats=3, warmup=2, max_case_seconds=10)
+    assert K.plan_repeats(suite, 0.01, None) == (2, 10)      # cheap: everything
+    assert K.plan_repeats(suite, 2.0, None) == (2, 3)        # 5 calls fit: warm-up kept, 3 timed
+    assert K.plan_repeats(suite, 4.0, None) == (0, 2)        # 2 fit: warm-up dropped first
+    assert K.plan_repeats(suite, 30.0, None) == (0, 1)       # always at least one timed call
+    assert K.plan_repeats(suite, None, None) == (2, 10)
+
+
+def test_budget_skips_cases_the_machine_cannot_finish():
+    suite = _suite(models=["7b"], operators=["grad_whiten:ns-b0.8-k10"], max_case_seconds=1)
+    limits = K.MachineLimits(matmul_tflops={"float32": 0.25}, copy_gbps=40.0)
+    ctx = K.RunContext(suite, "cpu", "test cpu", limits, K.ReferenceCache())
+    case = K.expand_cases(suite, K.suite_shapes(suite))[0]
+    reason = K._budget_reason(ctx, case)
+    assert reason is not None and "max_case_seconds = 1" in reason
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs, references, statistics
+# --------------------------------------------------------------------------------------------------
+
+def test_inputs_share_values_across_dtypes_and_orientation():
+    wide32 = K.make_input(6, 10, 1, "float32", 3, "cpu")
+    wide16 = K.make_input(6, 10, 1, "bfloat16", 3, "cpu")
+    tall32 = K.make_input(10, 6, 1, "float32", 3, "cpu")
+    assert wide16.dtype == torch.bfloat16 and torch.equal(wide16.float(), wide32)
+    assert torch.equal(tall32, wide32.T) and tall32.is_contiguous()
+    batch = K.make_input(6, 10, 4, "float32", 3, "cpu")
+    assert batch.shape == (4, 6, 10) and not torch.equal(batch[0], batch[1])
+
+
+@pytest.mark.parametrize("shape", [(5, 9), (9, 5), (7, 7)])
+def test_reference_polar_is_u_vt(shape):
+    g = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    assert torch.allclose(K.reference_polar(g), u @ vh, atol=1e-10)
+
+
+def test_reference_polar_of_a_rank_deficient_square_matrix_stays_finite():
+    g = K.reference_grad_norm(torch.randn(6, 6, dtype=torch.float64))  # rows sum to 0: rank <= 5
+    w = K.reference_polar(g)
+    assert torch.isfinite(w).all()
+    # on the range of g the result is an isometry: singular values 1 (x5) and 0 (x1)
+    s = torch.linalg.svdvals(w)
+    assert torch.allclose(s[:5], torch.ones(5, dtype=torch.float64), atol=1e-8) and s[5] < 1e-8
+
+
+def test_reference_grad_norm_and_sinkhorn():
+    g = torch.randn(4, 8, dtype=torch.float64)
+    n = K.reference_grad_norm(g)
+    assert torch.allclose(n.mean(-1), torch.zeros(4, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(n.pow(2).mean(-1), torch.ones(4, dtype=torch.float64))
+    assert torch.equal(K.reference_grad_norm(torch.zeros(2, 3, dtype=torch.float64)), torch.zeros(2, 3,
+                                                                                                  dtype=torch.float64))
+    s = K.reference_sr_sinkhorn(g, 5)
+    assert torch.allclose(s.norm(dim=0), torch.full((8,), math.sqrt(4), dtype=torch.float64))
+
+
+def test_reference_cache_serves_the_transposed_shape():
+    cache = K.ReferenceCache()
+    wide = K.make_input(4, 9, 1, "float32", 0, "cpu").double()
+    key = K.reference_key(4, 9, 0)
+    ref = cache.polar(wide, key)
+    assert torch.equal(cache.polar(wide.T, key), ref.T)  # same entry, transposed
+
+
+def test_median_iqr():
+    assert K.median_iqr([5.0, 1.0, 3.0, 2.0, 4.0]) == (3.0, 2.0)
+    assert K.median_iqr([1.0, 3.0]) == (2.0, None)  # too few samples for quartiles
+    assert K.median_iqr([]) == (None, None)
+
+
+def test_live_bytes_counts_intermediates_not_inputs_or_views():
+    x = torch.randn(256, 256)
+    nbytes = x.numel() * 4
+    with K.LiveBytes([x]) as counter:
+        a = x * 2          # +1
+        b = a + 1          # +1 -> peak 2
+        del a              # -1
+        c = b.T            # a view: no new storage
+        d = c * 3          # +1 -> 2 again (a is gone)
+        del b, c, d
+    assert counter.peak == 2 * nbytes
+    with K.LiveBytes([x]) as counter:
+        x.T.contiguous()
+        x.view(-1)  # a view of the input is not counted
+    assert counter.peak == nbytes
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end (the quick suite: every operator, both dtypes, nano shapes)
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whitening-quick")
+    suite = K.load_kernel_suite_file(QUICK)
+    path = K.run_kernel_suite(suite, out, console=None)
+    return out, path, suite
+
+
+def test_quick_suite_writes_every_operator_with_real_values(quick_run):
+    out, path, suite = quick_run
+    frame = read_table(path, required=KERNELS_COLUMNS)
+    assert list(frame.columns[:len(KERNELS_COLUMNS)]) == KERNELS_COLUMNS
+    machine = frame[frame["bound"] == "limit"]
+    assert set(machine["operator"]) == {"matmul", "copy"}  # the limits travel with the table for figures
+    frame = frame[frame["bound"] != "limit"]
+    expected = len(K.suite_shapes(suite)) * len(suite.dtypes) * len(suite.methods)
+    assert len(frame) == expected and set(frame["status"]) == {"ok"}
+    assert set(frame["operator"]) == set(K.METHODS) and not frame["compile"].any()
+    assert (frame["ms_median"] > 0).all() and (frame["flops"] > 0).all() and (frame["tflops"] > 0).all()
+    assert (frame["peak_bytes"] > 0).all() and set(frame["peak_bytes_method"]) == {"dispatch_live_tensors"}
+    assert frame["rel_error"].notna().all()
+    compute = frame[frame["bound"] == "compute"]
+    memory = frame[frame["bound"] == "memory"]
+    assert compute["frac_of_matmul_peak"].notna().all() and compute["frac_of_bandwidth"].isna().all()
+    assert memory["frac_of_bandwidth"].notna().all() and (memory["x_copy"] > 0).all()
+
+
+def test_quick_suite_errors_are_those_of_each_method(quick_run):
+    frame = read_table(quick_run[1])
+    frame = frame[frame["bound"] != "limit"]
+    f32 = frame[frame["dtype"] == "float32"].set_index(["operator", "method", "rows", "cols"])["rel_error"]
+    # exact algorithms match their float64 references to fp32/fp64 rounding
+    assert (f32.loc["whiten_exact"] < 1e-10).all()
+    assert (f32.loc["grad_norm"] < 1e-5).all() and (f32.loc["sr_sinkhorn"] < 1e-5).all()
+    # Newton-Schulz approximates the polar factor: finite, and b = 0.5 / k = 6 is the closest variant
+    ns = frame[(frame["operator"] == "grad_whiten")].groupby("method")["rel_error"].median()
+    assert ns["ns-b0.5-k6"] < ns["nsds-b0.4-k2"] and (ns < 1).all()
+
+
+def test_quick_suite_machine_models_and_env(quick_run):
+    out, _, suite = quick_run
+    machine = read_table(out / K.MACHINE_FILE, required=["measure", "dtype", "tflops", "gbps"])
+    assert set(machine.loc[machine["measure"] == "matmul", "dtype"]) == {"float32", "bfloat16"}
+    assert (machine.loc[machine["measure"] == "copy", "gbps"] > 0).all()
+    models = read_table(out / K.MODELS_FILE, required=K.MODEL_COLUMNS)
+    nano = models[models["model"] == "nano"]
+    assert nano["measured_step_ms"].notna().all() and (nano["flop_share"] > 0).all()
+    big = models[models["model"] == "1b"]  # 1b shapes are not in the quick suite: measured stays empty
+    assert big["measured_step_ms"].isna().all() and big["missing"].notna().all()
+    env = json.loads((out / K.ENV_FILE).read_text())
+    assert env["torch_threads"] == torch.get_num_threads() and "load_average_before" in env
+
+
+def test_model_summary_sums_measured_parts():
+    rows = []
+    shapes = K.role_shapes("nano")
+    for (r, c) in shapes.values():
+        for op, method in K.STEP_PARTS["sinkgd_L5"]:
+            rows.append({"status": "ok", "compile": False, "operator": op, "method": method, "rows": r, "batch": 1,
+                         "cols": c, "dtype": "float32", "ms_median": 1.0, "ms_min": 0.5})
+    limits = K.MachineLimits(matmul_tflops={"float32": 1.0, "bfloat16": 2.0}, copy_gbps=10.0)
+    summary = {s["optimizer"]: s for s in K.model_summary(rows, limits, ["nano"], 1000, "cpu", None)}
+    matrices = len(PRESETS["nano"].hidden_matrix_shapes())
+    assert summary["sinkgd_L5"]["measured_step_ms"] == pytest.approx(matrices * 1.0)
+    assert summary["sinkgd_L5"]["measured_step_ms_best"] == pytest.approx(matrices * 0.5)
+    assert summary["swan_b0.5_k6"]["measured_step_ms"] is None and summary["swan_b0.5_k6"]["missing"]
+    ideal = summary["sinkgd_L5"]["ideal_fwd_bwd_ms_fp32"]
+    assert summary["sinkgd_L5"]["time_share_vs_fp32_model"] == pytest.approx(matrices / ideal)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_quick_suite_on_gpu_measures_allocator_peaks(tmp_path):
+    suite = K.load_kernel_suite({"kind": "kernels", "kernels": {"models": ["nano"], "device": "cuda",
+                                                                 "dtypes": ["float32", "bfloat16"],
+                                                                 "repeats": 3, "matmul_sizes": [1024]}}, QUICK)
+    frame = read_table(K.run_kernel_suite(suite, tmp_path))
+    assert set(frame["status"]) == {"ok"} and set(frame["peak_bytes_method"]) == {"cuda_max_allocated"}
+    assert (frame["peak_bytes"] > 0).all()
+
+
+def test_total_budget_skips_the_tail_with_a_reason(tmp_path):
+    suite = K.load_kernel_suite({"models": ["nano"], "operators": ["grad_norm"], "matmul_sizes": [64],
+                                 "copy_mib": 1, "max_total_seconds": 1e-9, "summary_models": ["nano"]}, QUICK)
+    frame = read_table(K.run_kernel_suite(suite, tmp_path))
+    ops = frame[frame["bound"] != "limit"]
+    assert set(ops["status"]) == {"skipped"} and ops["ms_median"].isna().all()
+    assert ops["skip_reason"].str.contains("max_total_seconds").all()
+
+
+def test_primary_cases_run_first():
+    suite = _suite(models=["nano"], operators=["grad_norm"], dtypes=["float32", "bfloat16"], batch=[1, 4])
+    order = [c for _, cases in K.ordered_work(suite) for c in cases]
+    primary = [K.is_primary(suite, c) for c in order]
+    assert primary == sorted(primary, reverse=True)  # all primary cases before any variant
+    assert sum(primary) == len(K.suite_shapes(suite)) and len(order) == 4 * len(K.suite_shapes(suite))
