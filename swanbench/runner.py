@@ -214,6 +214,22 @@ def read_json_rows(path: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- the suite tables
 
+def with_tokens_to_target(runs: list[dict], curves: list[dict], baseline: str = "adamw") -> list[dict]:
+    """Runs with `tokens_to_target` (and steps, seconds, effective speedup) against the baseline's final loss.
+
+    A suite-level column: it needs the baseline optimizer's run of the same cell and seed, so it is filled
+    here, at assembly, never by a run. Empty where the suite has no such baseline or a run never got there.
+    """
+    if not runs:
+        return runs
+    import pandas as pd
+
+    from swanbench.quality import annotate_tokens_to_target
+
+    frame = annotate_tokens_to_target(pd.DataFrame(runs), pd.DataFrame(curves), baseline=baseline)
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
 def assemble(out_dir: Path, planned: Sequence[PlannedRun]) -> tuple[Path, Path]:
     """(Re)write OUT/runs.csv and OUT/curves.csv from the run directories of this suite, atomically."""
     from swanbench.tables import CURVES_COLUMNS, RUNS_COLUMNS, write_rows_atomic
@@ -224,6 +240,7 @@ def assemble(out_dir: Path, planned: Sequence[PlannedRun]) -> tuple[Path, Path]:
             runs.extend(read_json_rows(p.run_dir / ROW_FILE))
             curves.extend(read_json_rows(p.run_dir / CURVES_FILE))
     out_dir = Path(out_dir)
+    runs = with_tokens_to_target(runs, curves)
     return (write_rows_atomic(out_dir / "runs.csv", runs, RUNS_COLUMNS),
             write_rows_atomic(out_dir / "curves.csv", curves, CURVES_COLUMNS))
 
