@@ -67,6 +67,11 @@ class _Collectives:
 
     comm_timer: Callable[[], contextlib.AbstractContextManager] | None = None
 
+    def __init__(self, params: Iterable[Any], *, process_group: Any = None, **kwargs: Any) -> None:
+        """The wrapped optimizer's arguments, plus `process_group` (default: the world)."""
+        super().__init__(params, **kwargs)
+        self._init_group(process_group)
+
     def _init_group(self, process_group: Any) -> None:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError(f"{type(self).__name__} needs torch.distributed initialised "
@@ -107,10 +112,6 @@ class DDPSWAN(_Collectives, SWAN):
     receive buffer, i.e. about (1/world_size) of SWAN's stepped matrices in fp32, not all of them.
     """
 
-    def __init__(self, params: Iterable[Any], *, process_group: Any = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        self._init_group(process_group)
-
     def _plan(self, group: dict[str, Any], params: list[Tensor]) -> list[list[Tensor]]:
         """The chunks of same-shape matrices SWAN would whiten together, in SWAN's order."""
         budget = self._budget(group)
@@ -144,10 +145,6 @@ class DDPSinkGD(_Collectives, SinkGD):
 
     Only m + n floats travel per matrix; every rank then applies diag(r) G diag(c) to its replica.
     """
-
-    def __init__(self, params: Iterable[Any], *, process_group: Any = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        self._init_group(process_group)
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
         self._decay_(params, group)
@@ -241,10 +238,6 @@ class FSDPSWAN(_FSDPMixin, SWAN):
     (default: the parameters' mesh group).
     """
 
-    def __init__(self, params: Iterable[Any], *, process_group: Any = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        self._init_group(process_group)
-
     def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
         self._decay_local_(params, group)
         step = -group["lr"] * group["alpha"]
@@ -284,10 +277,6 @@ class FSDPSinkGD(_FSDPMixin, SinkGD):
 
     No rank ever holds a full matrix; the communication is iterations x n floats per matrix.
     """
-
-    def __init__(self, params: Iterable[Any], *, process_group: Any = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        self._init_group(process_group)
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
         self._decay_local_(params, group)

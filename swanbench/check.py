@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import fnmatch
 import math
 import sys
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from swanbench.hints import did_you_mean
 from swanbench.tables import RUNS_COLUMNS, RUNS_FILE, TableError, read_table, write_rows_atomic
 
 if sys.version_info >= (3, 11):
@@ -54,8 +54,8 @@ DEFAULT_MATCH_ON = (
     "suite", "optimizer", "model", "dtype", "seq_len", "batch_size", "seed", "device", "world_size",
 )
 
-# The built-in tolerances, in the same shape as a tolerances TOML file (see docs/readme/check.md).
-# The bands come from repeated runs of suites/ci.toml; docs/readme/check.md says how they were chosen.
+# The built-in tolerances, in the same shape as a tolerances TOML file (see docs/check.md).
+# The bands come from repeated runs of suites/ci.toml; docs/check.md says how they were chosen.
 DEFAULT_TOLERANCES: dict[str, Any] = {
     "reference_optimizer": "adamw",
     "match_on": list(DEFAULT_MATCH_ON),
@@ -175,9 +175,7 @@ def _better(metric: str, better: Mapping[str, str]) -> str:
     return next((d for pattern, d in better.items() if fnmatch.fnmatchcase(metric, pattern)), "lower")
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+_did_you_mean = did_you_mean
 
 
 def _reject_unknown(keys: Iterable[str], allowed: set[str], where: str) -> None:

@@ -33,11 +33,11 @@ Units: bytes everywhere; GiB = 1024^3 only when rendered.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
+from swanbench.hints import did_you_mean
 from swanbench.models import ModelPreset, get_preset
 
 GIB = 1024 ** 3
@@ -77,9 +77,8 @@ def canonical_dtype(name: Any) -> str:
     text = DTYPE_ALIASES.get(text, text)
     if text not in DTYPE_BYTES:
         known = sorted(DTYPE_BYTES) + sorted(DTYPE_ALIASES)
-        close = difflib.get_close_matches(text, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise EstimateError(f"unknown dtype {name!r}{hint} (known: {', '.join(sorted(DTYPE_BYTES))})")
+        raise EstimateError(f"unknown dtype {name!r}{did_you_mean(text, known)} "
+                            f"(known: {', '.join(sorted(DTYPE_BYTES))})")
     return text
 
 
@@ -328,7 +327,7 @@ def activation_breakdown(preset: ModelPreset, batch_size: int, seq_len: int, dty
     """The activation model of `LlamaForCausalLM(input_ids, labels=...)` training in `dtype` (bytes).
 
     Verified against autograd's saved tensors and torch's MemTracker on CPU (see tests/test_estimate.py
-    and docs/readme/estimate.md); small tensors (labels, cos/sin [T, head_dim]) are left out.
+    and docs/estimate.md); small tensors (labels, cos/sin [T, head_dim]) are left out.
     """
     if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
         raise EstimateError(f"unknown attention implementation {attn_implementation!r} "
@@ -444,9 +443,8 @@ def check_parallelism(world_size: int, parallelism: str | None) -> str | None:
     if world_size == 1:
         return None
     if parallelism not in PARALLELISMS:
-        close = difflib.get_close_matches(str(parallelism), PARALLELISMS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise EstimateError(f"world_size {world_size} needs parallelism ddp or fsdp, got {parallelism!r}{hint}")
+        raise EstimateError(f"world_size {world_size} needs parallelism ddp or fsdp, "
+                            f"got {parallelism!r}{did_you_mean(parallelism, PARALLELISMS)}")
     return parallelism
 
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from swanbench.hints import did_you_mean
+
 EXECUTORS = ("subprocess", "local", "slurm")
 SUBMITIT_FOLDER = "submitit"  # job scripts, pickles and SLURM logs, under the output directory
 JOB_TIME_MARGIN_MIN = 5  # minutes beyond the cell's timeout_s: its own timeout fires (and is recorded) first
@@ -208,11 +210,8 @@ def _result(job: Any, p: Any) -> str:
 def make_dispatcher(kind: str, out_dir: Path, cluster_options: Sequence[str] = ()) -> SubmititDispatcher | None:
     """None for the default subprocess runner; a SubmititDispatcher for local/slurm."""
     if kind not in EXECUTORS:
-        import difflib
-
-        close = difflib.get_close_matches(kind, EXECUTORS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ExecutorError(f"unknown executor {kind!r}{hint} (known: {', '.join(EXECUTORS)})")
+        raise ExecutorError(f"unknown executor {kind!r}{did_you_mean(kind, EXECUTORS)} "
+                            f"(known: {', '.join(EXECUTORS)})")
     options = parse_cluster_options(cluster_options)
     if kind == "subprocess":
         if options:

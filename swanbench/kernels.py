@@ -35,7 +35,6 @@ Suite layout (see suites/whitening.toml)::
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import math
 import os
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from swanbench import costmodel as cm
+from swanbench.hints import did_you_mean
 from swanbench.suite import SuiteError
 
 MACHINE_FILE, MODELS_FILE, ENV_FILE, HEADLINE_FILE = "machine.csv", "models.csv", "env.json", "headline.md"
@@ -477,8 +477,7 @@ TOP_KEYS = {"name", "description", "kind", "kernels"}
 
 
 def _hint(word: object, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), sorted(choices), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return did_you_mean(word, choices, cutoff=0.5)  # operator/method names are short: a looser match
 
 
 class _Validator:

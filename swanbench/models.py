@@ -7,10 +7,11 @@ in minutes on 2 CPU cores and have a vocab sized for the embedded corpus's byte-
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 import torch
+
+from swanbench.hints import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,8 @@ def get_preset(name: str) -> ModelPreset:
     try:
         return PRESETS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownModelError(f"unknown model {name!r}{hint} (known: {', '.join(PRESETS)})") from None
+        raise UnknownModelError(
+            f"unknown model {name!r}{did_you_mean(name, PRESETS)} (known: {', '.join(PRESETS)})") from None
 
 
 def llama_config(preset: ModelPreset, attn_implementation: str = "sdpa"):

@@ -24,7 +24,6 @@ Layout of a suite file::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import itertools
 import json
@@ -33,6 +32,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+from swanbench.hints import did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -174,9 +175,7 @@ def _fail(path: Path, key: str, problem: str) -> SuiteError:
     return SuiteError(f"{path}: {key}: {problem}")
 
 
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), sorted(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+_did_you_mean = did_you_mean
 
 
 def _check_keys(path: Path, where: str, table: dict, allowed) -> None:
