@@ -225,9 +225,10 @@ def runs_or_skip(ctx: Context, needed: Sequence[str]) -> pd.DataFrame:
 def memory_stack(rows: pd.DataFrame, peak: tuple[str, str] | None) -> tuple[dict[str, float], float]:
     """(role -> mean bytes over ok seeds, mean measured peak) for one bar.
 
-    `activations (profiler)` comes from `activation_peak_bytes` when measured; otherwise
-    `other (derived)` = peak - params - grads - state - transient (>= 0), so the stack adds up to the
-    measured peak and its remainder is labelled as derived, not measured.
+    `activations (profiler)` comes from `activation_peak_bytes` when measured; whatever the measured peak
+    holds beyond the stacked roles (temporaries, autograd buffers, or activations when the profiler gave
+    none) is `other (derived)` = peak - the stacked roles (>= 0), so a bar reaches the measured peak and
+    its remainder is labelled as derived, not measured.
     """
     roles = {"parameters": mean_ok(rows, "param_bytes"), "gradients": mean_ok(rows, "grad_bytes"),
              "optimizer state": mean_ok(rows, "optimizer_state_bytes")}
@@ -236,9 +237,10 @@ def memory_stack(rows: pd.DataFrame, peak: tuple[str, str] | None) -> tuple[dict
     activations = mean_ok(rows, "activation_peak_bytes")
     if math.isfinite(activations):
         roles["activations (profiler)"] = activations
-    elif math.isfinite(peak_bytes):
+    if math.isfinite(peak_bytes):
         known = sum(v for v in (*roles.values(), transient) if math.isfinite(v))
-        roles["other (derived)"] = max(peak_bytes - known, 0.0)
+        if peak_bytes > known or "activations (profiler)" not in roles:
+            roles["other (derived)"] = max(peak_bytes - known, 0.0)
     roles["transient in step"] = transient
     return {k: v for k, v in roles.items() if math.isfinite(v)}, peak_bytes
 
@@ -265,7 +267,7 @@ def plot_memory(ctx: Context) -> Figure:
     handles += [Line2D([], [], color="black", linewidth=2, linestyle=PEAK_STYLES[column], label=f"measured {label}")
                 for column, label in sorted(peak_labels)]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8)
-    derived = ("other (derived) = measured peak − params − grads − state − transient; "
+    derived = ("other (derived) = measured peak − the roles stacked below it\n"
                if "other (derived)" in used_roles else "")
     fig.suptitle(f"Memory by role, mean over ok seeds\n{derived}{BYTES_NOTE}", fontsize=9)
     return fig

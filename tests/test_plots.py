@@ -144,8 +144,15 @@ def test_memory_stack_uses_profiler_activations_when_present(tmp_path):
 
     ctx = _context(write_synthetic(tmp_path))
     rows = ctx.results.runs.assign(activation_peak_bytes=123 * MIB)
-    roles, _ = memory_stack(rows[rows["optimizer"] == "swan"], ("peak_rss_bytes", "peak RSS"))
+    roles, peak = memory_stack(rows[rows["optimizer"] == "swan"], ("peak_rss_bytes", "peak RSS"))
     assert roles["activations (profiler)"] == 123 * MIB
+    measured = sum(v for k, v in roles.items() if k != "other (derived)")
+    if peak > measured:  # the rest of the measured peak is shown, labelled as derived
+        assert roles["other (derived)"] == peak - measured
+    else:
+        assert "other (derived)" not in roles
+    # a peak below the stacked role peaks (they peak at different times) adds nothing
+    roles, _ = memory_stack(rows[rows["optimizer"] == "swan"].assign(peak_rss_bytes=1), ("peak_rss_bytes", "peak RSS"))
     assert "other (derived)" not in roles
 
 
