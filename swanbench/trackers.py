@@ -10,7 +10,7 @@
             meter.end_step(step, tokens_this_step)
     row = meter.results()                             # runs.csv measure columns (+ extras), None = unknown
 
-Memory, side by side (see docs/readme/measurement.md for why the figures differ):
+Memory, side by side (see docs/measurement.md for why the figures differ):
 
 1. exact tensor bytes by role: parameters, gradients, optimizer state (walk the tensors; per group too);
 2. the allocator: on CUDA `max_memory_allocated/reserved` per window (peaks reset before each phase and

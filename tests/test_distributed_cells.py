@@ -1,7 +1,7 @@
 """Multi-process cells end to end on CPU (gloo): 2-rank DDP and FSDP2 cells of the nano model under torchrun,
 for SWAN and SinkGD, equal to the 1-rank run; per-rank rows plus the max row in runs.csv.
 
-Comparable by construction (docs/readme/distributed.md, data sharding): the 1-rank run trains on batches of
+Comparable by construction (docs/distributed.md, data sharding): the 1-rank run trains on batches of
 4 sequences; a 2-rank run draws the same global batch of 2 x 2 from the same seeded stream and each rank
 keeps its 2 rows, so the two see the same data in the same order and differ only by float reduction order.
 """

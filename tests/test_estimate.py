@@ -21,7 +21,7 @@ GIB = 1024 ** 3
 PAPER_ADAM = {"60m": 0.32, "130m": 0.75, "350m": 2.05, "1b": 7.48}
 PAPER_STATELESS = {"60m": 0.23, "130m": 0.43, "350m": 0.93, "1b": 2.98}
 # The one entry whose printed rounding differs: 6 x 367,969,280 bytes = 2.0562 GiB prints as 2.06, the
-# table says 2.05 (0.006 GiB, 0.3%: below the table's own precision; see docs/readme/estimate.md).
+# table says 2.05 (0.006 GiB, 0.3%: below the table's own precision; see docs/estimate.md).
 OUR_ROUNDING = {("350m", "adamw"): 2.06}
 
 
