@@ -251,3 +251,15 @@ def test_cli_estimate_bad_input_is_one_line_and_exit_2(args, message):
     result = CliRunner().invoke(app, ["estimate", *args])
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_readme_example_1b_batch_64_fits_an_80gib_card() -> None:
+    """The README's worked example: 1b, bf16, 64 x 256 tokens; activations dominate the peak."""
+    from swanbench.estimate import estimate
+
+    gib = 1024 ** 3
+    adamw, swan, sinkgd = (estimate("1b", o, "bfloat16", 64, 256) for o in ("adamw", "swan", "sinkgd"))
+    assert round(adamw.peak_bytes / gib, 1) == 47.6
+    assert round(swan.peak_bytes / gib, 1) == round(sinkgd.peak_bytes / gib, 1) == 43.1
+    assert round(adamw.activation_bytes / gib, 1) == 36.3
+    assert max(adamw.peak_bytes, swan.peak_bytes) < 80 * gib
