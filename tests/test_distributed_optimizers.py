@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,15 @@ def _reference(name: str, steps: int) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def _worker(rank: int, mode: str, name: str, steps: int, store: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, mode: str, name: str, steps: int, port: int, out: str) -> None:
+    # A TCP store on loopback: a FileStore can be torn down under a rank that is still shutting down.
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         model = _model()
         if mode == "fsdp":
@@ -62,9 +70,9 @@ def _worker(rank: int, mode: str, name: str, steps: int, store: str, out: str) -
             _loss(model).backward()  # DDP would all-reduce here; every rank's gradient is already equal
             opt.step()
         params = [p.full_tensor() if hasattr(p, "full_tensor") else p.detach() for p in model.parameters()]
-        dist.barrier()
         if rank == 0:
             torch.save({"params": [p.clone() for p in params], "comm_calls": len(comm_calls)}, out)
+        dist.barrier()  # no rank tears its process group down while another still talks to it
     finally:
         dist.destroy_process_group()
 
@@ -85,7 +93,7 @@ class _Count:
 def test_two_ranks_equal_single_process(tmp_path: Path, mode: str, name: str) -> None:
     steps = 2
     out = tmp_path / "params.pt"
-    mp.spawn(_worker, args=(mode, name, steps, str(tmp_path / "store"), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(mode, name, steps, _free_port(), str(out)), nprocs=WORLD, join=True)
     result = torch.load(out)
     for got, want in zip(result["params"], _reference(name, steps)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
