@@ -438,7 +438,7 @@ def test_committed_baseline_passes_against_itself(tmp_path):
 
 @pytest.mark.parametrize("optimizer, scale, metric", [
     ("swan", {"optimizer_state_bytes": 2}, "optimizer_state_bytes"),
-    ("sinkgd", {"peak_rss_bytes": 1.3}, "peak_rss_bytes"),
+    ("sinkgd", {"peak_rss_bytes": 1.5}, "peak_rss_bytes"),  # beyond the committed 35% RSS band
     ("swan", {"optimizer_step_ms": 10}, OPT),
     ("sinkgd", {"final_eval_loss": 0.1}, "final_eval_loss"),
 ])
