@@ -73,3 +73,18 @@ seed = [0]
 @pytest.fixture
 def tiny_suite_text() -> str:
     return TINY_SUITE
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test, restored afterwards.
+
+    Tiny tensors run fastest on one thread, and on a loaded 2-core machine two spinning OpenMP threads
+    make small matmuls tens of times slower; nothing these tests check depends on the thread count.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,14 +18,7 @@ from optimizers import reference as R
 SHAPES = {"square": (32, 32), "tall": (48, 20), "wide": (20, 48), "batched": (3, 2, 16, 24)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and on a loaded 2-core machine two spinning OpenMP
-    threads slow these tests down ~30x. Restored afterwards so other test modules are unaffected."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

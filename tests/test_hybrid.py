@@ -14,13 +14,7 @@ from optimizers import HybridOptimizer, partition
 from optimizers.testing import ToyLM, batch, hidden_names, loss_fn
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread (two spinning OpenMP threads crawl on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def step(model, opt, seed=0):

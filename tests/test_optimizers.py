@@ -18,14 +18,7 @@ HYBRIDS = ["swan", "swan-fast", "sinkgd", "muon"]
 STATELESS = ["swan", "swan-fast", "sinkgd"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and on a loaded 2-core machine two spinning OpenMP
-    threads slow these tests down ~30x. Restored afterwards so other test modules are unaffected."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 # Learning rates for the "loss decreases" check on the toy task (the registry defaults are the papers'
 # settings for LLaMA pre-training; plain SGD needs a larger step on a 30-step toy problem).

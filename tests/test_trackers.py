@@ -26,14 +26,7 @@ VOCAB = 4096  # the nano preset's vocab
 METER_COLUMNS = [c for c in RUN_MEASURES if not c.startswith("final_") and c != "tokens_to_target"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core CI box, OpenMP spinning across busy cores makes small
-    matmuls 100x slower; the meter's logic does not depend on the thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _batch(seed: int = 0) -> torch.Tensor:
