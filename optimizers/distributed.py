@@ -151,19 +151,19 @@ class DDPSinkGD(_Collectives, SinkGD):
         step = -group["lr"] * group["alpha"]
         owners = assign_owners([float(p.numel()) for p in params], self.world_size)
         scales: list[Tensor] = []
-        for p, owner in zip(params, owners):
+        methods = [F.resolve_sinkhorn_method(p.grad, group["method"]) for p in params]
+        for p, owner, method in zip(params, owners, methods):
             m, n = p.shape
             if owner == self.rank:
                 with self._timer():
-                    r, c = F.sinkhorn_scales(p.grad, group["iterations"], group["eps"],
-                                             self._method(group, p.device))
+                    r, c = F.sinkhorn_scales(p.grad, group["iterations"], group["eps"], method)
                 scales.append(torch.cat([r, c]))
             else:
                 scales.append(torch.empty(m + n, dtype=torch.float32, device=p.device))
-        for p, owner, rc in zip(params, owners, scales):
+        for p, owner, rc, method in zip(params, owners, scales, methods):
             self._broadcast(rc, owner)
             m = p.shape[0]
-            self._apply_scaled_(p, rc[:m], rc[m:], step)
+            self._apply_scaled_(p, rc[:m], rc[m:], step, method)
 
 
 # --------------------------------------------------------------------------------------------------

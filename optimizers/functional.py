@@ -11,7 +11,8 @@ kernel benchmark (`swanbench/kernels.py`) can compare them.
   coupled Newton-Schulz iteration (`method="newton-schulz"`) or its diagonal-substitution variant
   (`method="diag"`, SWAN's fast NSDS).
 - `whiten_exact(g)`: the float64 eigendecomposition reference (pseudo-inverse square root).
-- `sr_sinkhorn(g, iters, method)`: SinkGD's square-root Sinkhorn normalisation (arXiv 2502.06742, Alg. 3).
+- `sr_sinkhorn(g, iters, method)`: SinkGD's square-root Sinkhorn normalisation (arXiv 2502.06742, Alg. 3);
+  on CPU the default runs the C kernels of `optimizers.native` when a C compiler is there.
 - `muon_quintic(g, steps)`: Muon's quintic Newton-Schulz, for comparison only.
 
 Cost model (ALGORITHMS.md section 3), per m x n matrix with s = min(m, n):
@@ -26,6 +27,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from optimizers import native
 
 __all__ = [
     "GRAD_NORM_EPS",
@@ -50,7 +53,7 @@ __all__ = [
 GRAD_NORM_EPS = 1e-8
 
 WHITEN_METHODS = ("newton-schulz", "diag")
-SINKHORN_METHODS = ("blocked", "vectors", "naive")
+SINKHORN_METHODS = ("native", "blocked", "vectors", "naive")
 
 # SR-Sinkhorn's blocked kernel squares this many bytes of rows at a time: small enough to stay in L2
 # (1-2 MiB per core on current x86 servers), large enough that Python's per-op overhead is amortised.
@@ -366,8 +369,36 @@ def _sinkhorn_scales_vectors(g: Tensor, iters: int, eps: float) -> tuple[Tensor,
     return q.squeeze(-1), p.squeeze(-1)
 
 
+def _sinkhorn_scales_native(g: Tensor, iters: int, eps: float) -> tuple[Tensor, Tensor]:
+    """Scales (r [B, m], c [B, n]) for a batch, one C call per matrix (see `optimizers/_sinkhorn.c`)."""
+    if g.dtype not in (torch.float32, torch.bfloat16):
+        g = g.float()  # fp16 and friends: one widening copy; fp64 never gets here
+    pairs = [native.scales(g[i], iters, eps) for i in range(g.shape[0])]
+    if len(pairs) == 1:
+        return pairs[0][0].unsqueeze(0), pairs[0][1].unsqueeze(0)
+    return torch.stack([rc[0] for rc in pairs]), torch.stack([rc[1] for rc in pairs])
+
+
+def resolve_sinkhorn_method(g: Tensor, method: str = "auto") -> str:
+    """The SR-Sinkhorn kernel `method` means for `g`: "auto" picks "native" for CPU fp32/bf16/fp16 input
+    when the C kernels are built, "blocked" for other CPU input (fp64, no compiler), "vectors" elsewhere
+    (GPUs: a few large kernels). An explicit method that cannot run on `g` raises ValueError/RuntimeError."""
+    if method == "auto":
+        if g.device.type != "cpu":
+            return "vectors"
+        native_ok = g.dtype in (torch.float32, torch.bfloat16, torch.float16) and native.available()
+        return "native" if native_ok else "blocked"
+    if method == "native":
+        if g.device.type != "cpu" or g.dtype == torch.float64:
+            raise ValueError(f"SR-Sinkhorn method 'native' runs fp32/bf16/fp16 CPU tensors, got {g.dtype} on "
+                             f"{g.device}; use 'blocked' or 'vectors'")
+        if not native.available():
+            raise RuntimeError(f"SR-Sinkhorn method 'native' is unavailable: {native.unavailable_reason()}")
+    return method
+
+
 def sinkhorn_scales(g: Tensor, iters: int = 5, eps: float = GRAD_NORM_EPS,
-                    method: str = "blocked") -> tuple[Tensor, Tensor]:
+                    method: str = "auto") -> tuple[Tensor, Tensor]:
     """SR-Sinkhorn's row and column scales: (r [..., m], c [..., n]) with SR-Sinkhorn(G) = diag(r) G diag(c).
 
     The scales are the whole result of the iteration (the scaled matrix is r_i G_ij c_j), which lets an
@@ -375,7 +406,11 @@ def sinkhorn_scales(g: Tensor, iters: int = 5, eps: float = GRAD_NORM_EPS,
     """
     _check_matrix(g, "sinkhorn_scales")
     _validate_sinkhorn_args(iters, method)
+    method = resolve_sinkhorn_method(g, method)
     batch = _as_batch(g)
+    if method == "native":
+        r, c = _sinkhorn_scales_native(batch.contiguous() if batch.stride(-1) != 1 else batch, iters, eps)
+        return r.reshape(g.shape[:-1]), c.reshape(*g.shape[:-2], g.shape[-1])
     if method == "vectors":
         q, p = _sinkhorn_scales_vectors(batch, iters, eps)
     elif method == "blocked" and batch.shape[0] == 1:
@@ -409,13 +444,20 @@ def _scaled_blocked(g: Tensor, r: Tensor, c: Tensor, out: Tensor) -> Tensor:
 
 
 def _validate_sinkhorn_args(iters: int, method: str) -> None:
-    if method not in SINKHORN_METHODS:
-        raise ValueError(f"unknown SR-Sinkhorn method {method!r} (known: {', '.join(SINKHORN_METHODS)})")
+    if method != "auto" and method not in SINKHORN_METHODS:
+        raise ValueError(f"unknown SR-Sinkhorn method {method!r} (known: auto, {', '.join(SINKHORN_METHODS)})")
     if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
         raise ValueError(f"iters must be an integer >= 1, got {iters!r}")
 
 
-def sr_sinkhorn(g: Tensor, iters: int = 5, eps: float = GRAD_NORM_EPS, method: str = "blocked") -> Tensor:
+def _check_out(out: Tensor, g: Tensor, dtype: torch.dtype) -> None:
+    if out.shape != g.shape or out.dtype != dtype or out.device != g.device or not out.is_contiguous():
+        raise ValueError(f"sr_sinkhorn: out must be a contiguous {dtype} {tuple(g.shape)} tensor on {g.device}, "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device} (contiguous: {out.is_contiguous()})")
+
+
+def sr_sinkhorn(g: Tensor, iters: int = 5, eps: float = GRAD_NORM_EPS, method: str = "auto",
+                out: Tensor | None = None) -> Tensor:
     """SR-Sinkhorn (SinkGD, arXiv 2502.06742, Algorithm 3): alternate row and column l2 normalisation.
 
     Repeat `iters` (L) times: scale every row to l2 norm sqrt(n), then every column to l2 norm sqrt(m).
@@ -423,23 +465,36 @@ def sr_sinkhorn(g: Tensor, iters: int = 5, eps: float = GRAD_NORM_EPS, method: s
     sqrt(m n) (entry RMS 1); rows approach sqrt(n) as L grows. A norm below `eps` is floored at eps (an
     all-zero row or column stays zero).
 
-    Methods (all equal up to rounding):
-      "blocked" (default on CPU): scale vectors, one pass over g per iteration on L2-sized row blocks,
-          the scaled matrix materialised once at the end (see `_sinkhorn_scales_blocked`);
+    Methods (all equal up to rounding; "auto", the default, picks one with `resolve_sinkhorn_method`):
+      "native": the C kernels of `optimizers.native` (CPU): per thread, one pass over its rows of g per
+          iteration and one fused pass writing the result; fp32 arithmetic;
+      "blocked": pure torch, scale vectors, one pass over g per iteration on L2-sized row blocks, the
+          scaled matrix materialised once at the end (see `_sinkhorn_scales_blocked`);
       "vectors": S = G*G materialised once, two mat-vecs over S per iteration (good on GPU);
       "naive": materialises the scaled matrix after every half-step (the literal algorithm).
-    Returns: a new fp32 (fp64 for fp64) tensor of g's shape.
+    out: optional preallocated result (fp32, or fp64 for fp64 input, of g's shape); reusing one saves the
+        allocation, which on CPU costs page faults comparable to the whole iteration for large matrices.
+    Returns: `out`, or a new fp32 (fp64 for fp64) tensor of g's shape.
     """
     _check_matrix(g, "sr_sinkhorn")
     _validate_sinkhorn_args(iters, method)
+    method = resolve_sinkhorn_method(g, method)
+    dtype = _compute_dtype(g.dtype)
+    if out is not None:
+        _check_out(out, g, dtype)
     if method == "naive":
-        return _sinkhorn_naive(g, iters, eps)
+        result = _sinkhorn_naive(g, iters, eps)
+        return result if out is None else out.copy_(result)
     r, c = sinkhorn_scales(g, iters, eps, method)
-    out = torch.empty(g.shape, dtype=r.dtype, device=g.device)
+    if out is None:
+        out = torch.empty(g.shape, dtype=dtype, device=g.device)
     batch, out_b = _as_batch(g), _as_batch(out)
     r_b, c_b = r.reshape(-1, g.shape[-2]), c.reshape(-1, g.shape[-1])
     for i in range(batch.shape[0]):
-        _scaled_blocked(batch[i], r_b[i], c_b[i], out_b[i])
+        if method == "native" and native.supports(batch[i]) and out_b[i].stride(-1) == 1:
+            native.apply(batch[i], r_b[i], c_b[i], out_b[i])
+        else:
+            _scaled_blocked(batch[i], r_b[i], c_b[i], out_b[i])
     return out
 
 

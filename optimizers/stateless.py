@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from optimizers import functional as F
+from optimizers import native
 
 __all__ = ["SWAN", "SinkGD", "NonFiniteGradientError", "swan_workspace_numel", "sinkgd_workspace_numel"]
 
@@ -41,6 +42,7 @@ NONFINITE_POLICIES = ("raise", "skip")
 # SinkGD stacks same-shape matrices of at most this many elements into one batched call, up to this many
 # elements per batch (4 MiB fp32; the batch's transient is twice that: the stacked copy and G*G).
 SINKGD_STACK_NUMEL = 1 << 20
+SINKGD_METHODS = ("auto", "native", "blocked", "vectors")
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -65,20 +67,27 @@ def swan_workspace_numel(shape: tuple[int, ...], steps: int = 10, method: str = 
     return m * n + max(loop, final)
 
 
-def sinkgd_workspace_numel(shape: tuple[int, ...]) -> int:
-    """Peak transient fp32 elements of one SinkGD step on one m x n matrix (the blocked CPU kernel).
+def sinkgd_workspace_numel(shape: tuple[int, ...], method: str = "auto") -> int:
+    """Peak transient fp32 elements of one SinkGD step on one m x n CPU matrix.
 
-    While the scales are computed: one L2-sized scratch block of rows (`functional.sinkhorn_block_rows(n)`
-    x n), the squared scales q (m) and p (n) and the column accumulator (n). The scales are square-rooted
-    in place, and the update is fused into the parameter through a scratch block of the same size, so no
-    m x n buffer is ever allocated. (Measured with the torch profiler: equal up to a few 0-dim scalars.)
-    Small matrices (m n <= SINKGD_STACK_NUMEL) that share their shape with others are stacked instead:
-    two m n fp32 buffers per matrix of the batch, at most 2 * SINKGD_STACK_NUMEL elements (8 MiB) per
-    batch; this function declares one matrix stepped alone.
+    "native" (what "auto" picks when the C kernels are built): the scales r (m) and c (n) and one n-vector
+    of column sums per torch thread; the update is fused into the parameter in the same C sweep.
+    "blocked" (the pure-torch kernel): one L2-sized scratch block of rows (`functional.sinkhorn_block_rows(n)`
+    x n), the squared scales q (m) and p (n) and the column accumulator (n); the update goes through a
+    scratch block of the same size. Neither allocates an m x n buffer. (Both measured with the torch
+    profiler in the tests: equal up to a few 0-dim scalars.) The blocked kernel stacks small same-shape
+    matrices (m n <= SINKGD_STACK_NUMEL) instead: two m n fp32 buffers per stacked matrix, at most
+    2 * SINKGD_STACK_NUMEL elements (8 MiB) per batch; this function declares one matrix stepped alone.
     """
     m, n = int(shape[-2]), int(shape[-1])
-    rows = min(m, F.sinkhorn_block_rows(n))
-    return rows * n + m + 2 * n
+    if method == "auto":
+        method = "native" if native.available() else "blocked"
+    if method == "native":
+        return m + n + max(1, torch.get_num_threads()) * n
+    if method == "blocked":
+        rows = min(m, F.sinkhorn_block_rows(n))
+        return rows * n + m + 2 * n
+    raise ValueError(f"sinkgd_workspace_numel knows 'auto', 'native' and 'blocked', got {method!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,9 +320,10 @@ class SinkGD(_StatelessMatrixOptimizer):
         eps: floor on row/column norms (default 1e-8); a zero row or column stays zero.
         weight_decay: decoupled weight decay (default 0, as in the protocol).
         nonfinite: "raise" (default) or "skip" for steps with inf/NaN gradients.
-        method: "blocked" (one L2-sized row block at a time; CPU) or "vectors" (S = G*G materialised,
-            two mat-vecs per iteration; fewer, larger kernels for GPUs); default "auto" picks blocked on
-            CPU and vectors elsewhere.
+        method: "native" (the C kernels of `optimizers.native`, CPU; the update fused into the same
+            row sweep), "blocked" (pure torch, one L2-sized row block at a time; CPU) or "vectors"
+            (S = G*G materialised, two mat-vecs per iteration; fewer, larger kernels for GPUs); default
+            "auto" picks native on CPU when it is built, else blocked, and vectors elsewhere.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 0.02, alpha: float = 0.05, iterations: int = 5,
@@ -326,29 +336,25 @@ class SinkGD(_StatelessMatrixOptimizer):
     def _validate(self, group: dict[str, Any]) -> None:
         super()._validate(group)
         _check_positive_int("iterations", group["iterations"])
-        if group["method"] not in ("auto", "blocked", "vectors"):
-            raise ValueError(f"method must be 'auto', 'blocked' or 'vectors', got {group['method']!r}")
-
-    @staticmethod
-    def _method(group: dict[str, Any], device: torch.device) -> str:
-        if group["method"] != "auto":
-            return group["method"]
-        return "blocked" if device.type == "cpu" else "vectors"
+        if group["method"] not in SINKGD_METHODS:
+            raise ValueError(f"method must be one of {', '.join(map(repr, SINKGD_METHODS))}, got {group['method']!r}")
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
         self._decay_(params, group)
         step = -group["lr"] * group["alpha"]
         for bucket in _same_shape_buckets(params):
             m, n = bucket[0].shape
-            if len(bucket) > 1 and m * n <= SINKGD_STACK_NUMEL:
+            method = F.resolve_sinkhorn_method(bucket[0].grad, group["method"])
+            # Stacking pays for itself only where per-op overhead dominates (the torch kernels); a native
+            # call costs microseconds, so native matrices go one by one with no stacked copy.
+            if method != "native" and len(bucket) > 1 and m * n <= SINKGD_STACK_NUMEL:
                 for chunk in _chunks(bucket, max(1, SINKGD_STACK_NUMEL // (m * n))):
                     self._step_stacked(chunk, group, step)
                 continue
             for p in bucket:
                 with self._timer():
-                    r, c = F.sinkhorn_scales(p.grad, group["iterations"], group["eps"],
-                                             self._method(group, p.device))
-                self._apply_scaled_(p, r, c, step)
+                    r, c = F.sinkhorn_scales(p.grad, group["iterations"], group["eps"], method)
+                self._apply_scaled_(p, r, c, step, method)
 
     def _step_stacked(self, params: list[Tensor], group: dict[str, Any], step: float) -> None:
         """Small same-shape matrices in one batch: a handful of ops for the chunk instead of ~20 per matrix.
@@ -365,9 +371,13 @@ class SinkGD(_StatelessMatrixOptimizer):
             p.add_(u, alpha=step)
 
     @staticmethod
-    def _apply_scaled_(p: Tensor, r: Tensor, c: Tensor, step: float) -> None:
-        """p += step * diag(r) G diag(c), one L2-sized block of rows at a time (no m x n temporary)."""
+    def _apply_scaled_(p: Tensor, r: Tensor, c: Tensor, step: float, method: str) -> None:
+        """p += step * diag(r) G diag(c) with no m x n temporary: one fused C sweep for the native method
+        (p and G of one dtype), else one L2-sized block of rows at a time."""
         g = p.grad
+        if method == "native" and p.dtype == g.dtype and native.supports(p) and native.supports(g):
+            native.update(p.detach(), g, r, c, step)
+            return
         rows = min(p.shape[0], F.sinkhorn_block_rows(p.shape[1]))
         scratch = torch.empty((rows, p.shape[1]), dtype=r.dtype, device=p.device)
         for start in range(0, p.shape[0], rows):

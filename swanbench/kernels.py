@@ -84,15 +84,18 @@ class Method:
     flops: Callable[[int, int], int]
     # The flops the implementation really executes where it skips nominal work (else the nominal count).
     executed: Callable[[int, int], int] | None = None
+    # Methods that need optimizers.native (C kernels, CPU only): skipped, with the reason, where they can't run.
+    native: bool = False
 
     @property
     def key(self) -> str:
         return f"{self.operator}:{self.method}"
 
 
-def _m(operator, method, source, kwargs, steps, compute, bound, reference, flops, executed=None) -> Method:
+def _m(operator, method, source, kwargs, steps, compute, bound, reference, flops, executed=None,
+       native=False) -> Method:
     return Method(operator, method, source, tuple(kwargs.items()), steps, compute, bound, reference, flops,
-                  executed)
+                  executed, native)
 
 
 FUNCTIONAL = "optimizers.functional"
@@ -117,6 +120,12 @@ for _method in [
        2, "float32", "compute", "polar", lambda r, c: cm.newton_schulz_diag_flops(r, c, 2)),
     _m("whiten_exact", "eigh-f64", f"{FUNCTIONAL}.whiten_exact", {}, None, "float64", "solver", "polar",
        cm.whiten_exact_flops),
+    _m("sr_sinkhorn", "native-L1", f"{FUNCTIONAL}.sr_sinkhorn", {"iters": 1, "method": "native"}, 1, "float32",
+       "memory", "sr_sinkhorn", lambda r, c: cm.sr_sinkhorn_flops(r, c, 1), native=True),
+    _m("sr_sinkhorn", "native-L5", f"{FUNCTIONAL}.sr_sinkhorn", {"iters": 5, "method": "native"}, 5, "float32",
+       "memory", "sr_sinkhorn", lambda r, c: cm.sr_sinkhorn_flops(r, c, 5), native=True),
+    _m("sr_sinkhorn", "native-L5-out", f"{HERE}.sr_sinkhorn_reused_out", {"iters": 5, "method": "native"}, 5,
+       "float32", "memory", "sr_sinkhorn", lambda r, c: cm.sr_sinkhorn_flops(r, c, 5), native=True),
     _m("sr_sinkhorn", "blocked-L1", f"{FUNCTIONAL}.sr_sinkhorn", {"iters": 1, "method": "blocked"}, 1, "float32",
        "memory", "sr_sinkhorn", lambda r, c: cm.sr_sinkhorn_flops(r, c, 1)),
     _m("sr_sinkhorn", "blocked-L5", f"{FUNCTIONAL}.sr_sinkhorn", {"iters": 5, "method": "blocked"}, 5, "float32",
@@ -129,6 +138,25 @@ for _method in [
        lambda r, c: cm.muon_quintic_flops(r, c, 5)),
 ]:
     METHODS.setdefault(_method.operator, {})[_method.method] = _method
+
+
+_REUSED_OUT: dict[tuple, Any] = {}
+
+
+def sr_sinkhorn_reused_out(g, iters: int, method: str):
+    """Benchmark-only: SR-Sinkhorn into an output buffer kept across calls (one per shape and device), as
+    an optimizer reusing its workspace would; the yardstick it is compared with, one copy into a
+    preallocated buffer, is measured the same way. The allocating form's extra cost is page faults."""
+    import torch
+
+    from optimizers.functional import sr_sinkhorn
+
+    key = (tuple(g.shape), str(g.device))
+    out = _REUSED_OUT.get(key)
+    if out is None:
+        _REUSED_OUT.clear()  # keep one buffer: a 7b-shape run must not pile up gigabytes of them
+        out = _REUSED_OUT[key] = torch.empty(g.shape, dtype=torch.float32, device=g.device)
+    return sr_sinkhorn(g, iters=iters, method=method, out=out)
 
 
 def newton_schulz_literal(g, steps: int, beta: float):
@@ -1018,7 +1046,7 @@ def ordered_work(suite: KernelSuite) -> list[tuple[Shape, list[Case]]]:
 
 def _run_shape(ctx: RunContext, shape: Shape, cases: list[Case], rows: list[dict], say) -> None:
     """Cases of one shape (inputs made once per dtype and batch; references cached across them)."""
-    reasons = [skip_reason(ctx.suite, c) or _budget_reason(ctx, c) for c in cases]
+    reasons = [skip_reason(ctx.suite, c) or _native_reason(ctx, c) or _budget_reason(ctx, c) for c in cases]
     if time.perf_counter() < ctx.deadline:
         _measure_here_rates(ctx, [c for c, r in zip(cases, reasons) if r is None], say)
     inputs: dict[tuple[str, int], Any] = {}
@@ -1105,6 +1133,17 @@ def finalize_peaks(rows: list[dict], limits: MachineLimits) -> None:
 HOPELESS_BUDGETS = 4
 
 
+def _native_reason(ctx: RunContext, case: Case) -> str | None:
+    """Why a method built on optimizers.native cannot run here (a GPU, or no C compiler), else None."""
+    if not case.method.native:
+        return None
+    if not ctx.device.startswith("cpu"):
+        return "native SR-Sinkhorn kernels are CPU-only (GPUs run the 'vectors' method)"
+    from optimizers import native
+
+    return None if native.available() else f"native kernels unavailable: {native.unavailable_reason()}"
+
+
 def _budget_reason(ctx: RunContext, case: Case) -> str | None:
     """Skip a case whose single call, by the cost model at the measured limit, exceeds 4 case budgets."""
     est = estimated_seconds(case, ctx.limits)
@@ -1156,8 +1195,10 @@ STEP_PARTS: dict[str, tuple[tuple[str, str], ...]] = {
     "swan_b0.5_k6": (("grad_norm", "rowwise"), ("grad_whiten", "ns-b0.5-k6")),
     "swan_b0.8_k10": (("grad_norm", "rowwise"), ("grad_whiten", "ns-b0.8-k10")),
     "swan_nsds_b0.4_k2": (("grad_norm", "rowwise"), ("grad_whiten", "nsds-b0.4-k2")),
-    "sinkgd_L5": (("sr_sinkhorn", "blocked-L5"),),
-    "sinkgd_L1": (("sr_sinkhorn", "blocked-L1"),),
+    # SinkGD's own step picks its kernel per device ("auto": native on CPU, vectors on GPUs) and never
+    # allocates the scaled matrix, so its part is the fastest of the kernels it can run, measured here.
+    "sinkgd_L5": (("sr_sinkhorn", ("native-L5-out", "native-L5", "blocked-L5", "vectors-L5")),),
+    "sinkgd_L1": (("sr_sinkhorn", ("native-L1", "blocked-L1")),),
     "muon_k5": (("muon_quintic", "k5"),),
 }
 
@@ -1184,12 +1225,13 @@ def _step_ms(measured: dict, counts: dict, parts, dtype: str) -> tuple[float | N
     """Sum over every hidden matrix of its parts' per-matrix ms; None (and what is missing) if any is absent."""
     total, missing = 0.0, []
     for (r, c), n in counts.items():
-        for op, method in parts:
-            ms = measured.get((op, method, r, c, dtype))
-            if ms is None:
-                missing.append(f"{op}:{method}@{r}x{c}")
+        for op, methods in parts:
+            alternatives = (methods,) if isinstance(methods, str) else methods
+            found = [measured[k] for k in ((op, m, r, c, dtype) for m in alternatives) if k in measured]
+            if not found:
+                missing.append(f"{op}:{'|'.join(alternatives)}@{r}x{c}")
             else:
-                total += n * ms
+                total += n * min(found)
     return (None if missing else total), missing
 
 

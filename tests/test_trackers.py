@@ -354,12 +354,21 @@ def test_swan_step_transient_is_its_whitening_workspace(matrix_runs):
     assert measured > matrix_runs["sgd"][1]["step_transient_bytes"]
 
 
-def test_sinkgd_step_transient_is_at_least_its_declared_workspace(matrix_runs):
-    """SinkGD stacks small same-shape matrices into one batch (2 m n fp32 per stacked matrix), while the
-    registry declares one matrix stepped alone: the declaration is a lower bound, not the step's peak."""
+def test_sinkgd_step_transient_is_its_declared_workspace(matrix_runs):
+    """With the native kernels (SinkGD's CPU default) every matrix is stepped alone with the declared
+    O(m + threads n) vectors, so the declaration is the step's peak (same band as SWAN's). Without them
+    the blocked kernel stacks small same-shape matrices (2 m n fp32 per stacked matrix) while the
+    registry declares one matrix stepped alone: then the declaration is a lower bound."""
+    from optimizers import native
+
     hidden, res = matrix_runs["sinkgd"]
-    assert res["step_transient_bytes"] >= _declared_workspace_bytes("sinkgd", hidden)
-    assert res["step_transient_bytes"] > matrix_runs["sgd"][1]["step_transient_bytes"]
+    workspace = _declared_workspace_bytes("sinkgd", hidden)
+    measured = res["step_transient_bytes"]
+    if native.available():
+        assert workspace <= measured <= 1.05 * workspace + 4096, (measured, workspace)
+    else:
+        assert measured >= workspace
+    assert measured > matrix_runs["sgd"][1]["step_transient_bytes"]
 
 
 def test_whitening_ms_is_part_of_the_step(matrix_runs):

@@ -1,0 +1,240 @@
+"""Native CPU kernels for SR-Sinkhorn, built on first use with the system C compiler.
+
+`_sinkhorn.c` holds three memory-bound kernels (the scale iteration, the scaled copy and the fused SinkGD
+update). They exist because the pure-torch blocked kernel spends most of its time in per-op dispatch
+and OpenMP fork/join over ~1000 small ops per call; one C call walks each thread's rows directly.
+
+The library is compiled once per (source, compiler, flags, CPU) into a cache folder
+(`$SWANBENCH_NATIVE_CACHE`, else `$XDG_CACHE_HOME/swanbench/native`, else `~/.cache/swanbench/native`)
+and loaded with ctypes; the calls release the GIL. Without a working C compiler, or with
+`SWANBENCH_NATIVE=0`, `available()` is False, `unavailable_reason()` says why, and
+`optimizers.functional` falls back to its pure-torch kernels, so nothing depends on a compiler.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "unavailable_reason", "supports", "scales", "apply", "update", "library_path",
+           "ENV_DISABLE"]
+
+SOURCE = Path(__file__).with_name("_sinkhorn.c")
+ENV_DISABLE = "SWANBENCH_NATIVE"
+ABI_VERSION = 1
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+# -march=native: the library is built on, and cached for, the CPU it runs on (the CPU flags are in the
+# cache key). The fallbacks cover compilers without OpenMP (Apple clang) or without -march=native.
+_FLAG_SETS = (
+    ["-O3", "-march=native", "-fopenmp"],
+    ["-O3", "-fopenmp"],
+    ["-O3", "-march=native", "-fopenmp-simd"],
+    ["-O3"],
+)
+_COMMON = ["-std=c11", "-shared", "-fPIC"]
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "lib": CDLL | None, "reason": str | None, "path": Path | None
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("SWANBENCH_NATIVE_CACHE"):
+        return Path(os.environ["SWANBENCH_NATIVE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "swanbench" / "native"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_signature() -> str:
+    """The CPU's feature flags (what -march=native compiles for), so a shared cache never mixes CPUs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_key(cc: str, flags: list[str]) -> str:
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), cc.encode(), " ".join(flags).encode(), platform.machine().encode(),
+                 _cpu_signature().encode()):
+        h.update(part)
+        h.update(b"\0")
+    return h.hexdigest()[:20]
+
+
+def _compile(cc: str, flags: list[str], target: Path) -> str | None:
+    """Build into a temporary file beside `target`, then rename (atomic: concurrent workers never see a
+    half-written library). Returns the compiler's complaint, or None on success."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *flags, *_COMMON, str(SOURCE), "-o", tmp, "-lm"],
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            return (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        os.replace(tmp, target)
+        return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    i64, f32, ptr, i32 = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int
+    lib.sk_scales.argtypes = [ptr, i32, i64, i64, i64, i32, f32, ptr, ptr, ptr, i32]
+    lib.sk_apply.argtypes = [ptr, i32, i64, i64, i64, ptr, ptr, ptr, i64, i32]
+    lib.sk_update.argtypes = [ptr, i64, ptr, i64, i32, i64, i64, ptr, ptr, f32, i32]
+    for fn in (lib.sk_scales, lib.sk_apply, lib.sk_update):
+        fn.restype = None
+    lib.sk_abi_version.restype = ctypes.c_int
+    return lib
+
+
+def _load() -> None:
+    if os.environ.get(ENV_DISABLE, "1").strip().lower() in ("0", "false", "no", "off"):
+        _state.update(lib=None, reason=f"disabled by {ENV_DISABLE}={os.environ[ENV_DISABLE]}", path=None)
+        return
+    cc = _compiler()
+    if cc is None:
+        _state.update(lib=None, reason="no C compiler found (set CC, or install gcc/clang)", path=None)
+        return
+    errors = []
+    for flags in _FLAG_SETS:
+        target = _cache_dir() / f"sinkhorn-{_cache_key(cc, flags)}.so"
+        if not target.exists():
+            err = _compile(cc, flags, target)
+            if err is not None:
+                errors.append(f"{' '.join(flags)}: {err}")
+                continue
+        try:
+            lib = _declare(ctypes.CDLL(str(target)))
+        except OSError as exc:
+            errors.append(f"{target.name}: {exc}")
+            continue
+        if lib.sk_abi_version() == ABI_VERSION:
+            _state.update(lib=lib, reason=None, path=target)
+            return
+        errors.append(f"{target.name}: ABI {lib.sk_abi_version()} != {ABI_VERSION}")
+    _state.update(lib=None, reason="could not build the native kernels: " + "; ".join(errors), path=None)
+
+
+def _lib() -> ctypes.CDLL | None:
+    if "lib" not in _state:
+        with _lock:
+            if "lib" not in _state:
+                _load()
+    return _state["lib"]  # type: ignore[return-value]
+
+
+def available() -> bool:
+    """True when the native kernels are built (or buildable now) and not disabled."""
+    return _lib() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why `available()` is False (one line), or None."""
+    _lib()
+    return _state["reason"]  # type: ignore[return-value]
+
+
+def library_path() -> Path | None:
+    _lib()
+    return _state["path"]  # type: ignore[return-value]
+
+
+def supports(g: Tensor) -> bool:
+    """Whether `g` (a matrix) can go through the native kernels: CPU, fp32/bf16, unit column stride."""
+    return g.device.type == "cpu" and g.dtype in _DTYPES and _rows_disjoint(g) and available()
+
+
+def _require(g: Tensor, what: str) -> ctypes.CDLL:
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError(f"{what}: native kernels unavailable ({unavailable_reason()})")
+    if not (g.device.type == "cpu" and g.dim() == 2 and g.dtype in _DTYPES and g.stride(-1) == 1):
+        raise ValueError(f"{what}: needs a CPU float32/bfloat16 matrix with unit column stride, got "
+                         f"{g.dtype} {tuple(g.shape)} on {g.device} with strides {g.stride()}")
+    return lib
+
+
+def _rows_disjoint(x: Tensor) -> bool:
+    """Unit column stride and rows that do not overlap: what a kernel writing x row by row needs."""
+    return x.dim() == 2 and x.stride(-1) == 1 and (x.shape[0] <= 1 or x.stride(0) >= x.shape[1])
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _fp32_vector(x: Tensor, size: int, what: str) -> Tensor:
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape != (size,) or not x.is_contiguous():
+        raise ValueError(f"{what}: expected a contiguous CPU float32 vector of {size}, got {x.dtype} "
+                         f"{tuple(x.shape)}")
+    return x
+
+
+def scales(g: Tensor, iters: int, eps: float) -> tuple[Tensor, Tensor]:
+    """SR-Sinkhorn scales (r [m], c [n]) of one matrix: SR-Sinkhorn(g) = diag(r) g diag(c).
+
+    Workspace: r, c and one n-vector of column sums per thread (all fp32 torch tensors).
+    """
+    lib = _require(g, "native.scales")
+    m, n = g.shape
+    threads = _threads()
+    r = torch.empty(m, dtype=torch.float32)
+    c = torch.empty(n, dtype=torch.float32)
+    acc = torch.empty((threads, n), dtype=torch.float32)
+    lib.sk_scales(g.data_ptr(), _DTYPES[g.dtype], m, n, g.stride(0), int(iters), float(eps) ** 2,
+                  r.data_ptr(), c.data_ptr(), acc.data_ptr(), threads)
+    return r, c
+
+
+def apply(g: Tensor, r: Tensor, c: Tensor, out: Tensor) -> Tensor:
+    """out = diag(r) g diag(c) (fp32 `out` of g's shape, unit column stride)."""
+    lib = _require(g, "native.apply")
+    m, n = g.shape
+    _fp32_vector(r, m, "native.apply r")
+    _fp32_vector(c, n, "native.apply c")
+    if (out.dtype != torch.float32 or out.shape != g.shape or out.device.type != "cpu"
+            or not _rows_disjoint(out)):
+        raise ValueError(f"native.apply: out must be a CPU float32 {tuple(g.shape)} matrix with unit column "
+                         f"stride, got {out.dtype} {tuple(out.shape)}")
+    lib.sk_apply(g.data_ptr(), _DTYPES[g.dtype], m, n, g.stride(0), r.data_ptr(), c.data_ptr(),
+                 out.data_ptr(), out.stride(0), _threads())
+    return out
+
+
+def update(w: Tensor, g: Tensor, r: Tensor, c: Tensor, step: float) -> Tensor:
+    """w += step * diag(r) g diag(c) in place (w and g of one dtype and shape); bf16 rounded to nearest."""
+    lib = _require(g, "native.update")
+    m, n = g.shape
+    _fp32_vector(r, m, "native.update r")
+    _fp32_vector(c, n, "native.update c")
+    if w.dtype != g.dtype or w.shape != g.shape or w.device.type != "cpu" or not _rows_disjoint(w):
+        raise ValueError(f"native.update: w must be a CPU {g.dtype} {tuple(g.shape)} matrix with unit "
+                         f"column stride, got {w.dtype} {tuple(w.shape)}")
+    lib.sk_update(w.data_ptr(), w.stride(0), g.data_ptr(), g.stride(0), _DTYPES[g.dtype], m, n,
+                  r.data_ptr(), c.data_ptr(), float(step), _threads())
+    return w
