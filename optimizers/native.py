@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "unavailable_reason", "supports", "scales", "apply", "update", "library_path",
+__all__ = ["available", "unavailable_reason", "describe", "supports", "scales", "apply", "update", "library_path",
            "ENV_DISABLE"]
 
 SOURCE = Path(__file__).with_name("_sinkhorn.c")
@@ -162,6 +162,16 @@ def unavailable_reason() -> str | None:
 def library_path() -> Path | None:
     _lib()
     return _state["path"]  # type: ignore[return-value]
+
+
+def describe() -> str:
+    """One line for environment records, without building anything: the loaded library, why there is none,
+    or "not used" when nothing in this process has asked for the kernels yet."""
+    if "lib" not in _state:
+        return "not used"
+    if _state["lib"] is None:
+        return f"unavailable: {_state['reason']}"
+    return f"loaded: {_state['path']}"
 
 
 def supports(g: Tensor) -> bool:

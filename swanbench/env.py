@@ -91,4 +91,14 @@ def collect(device: str | None = None) -> dict[str, Any]:
     }
     env.update({f"{name.replace('-', '_')}_version": package_version(name) for name in PACKAGES})
     env.update(device_info(device))
+    # Which SR-Sinkhorn kernels SinkGD ran (C or the torch fallback) changes its step time: say so.
+    env["native_kernels"] = _native_kernels()
     return env
+
+
+def _native_kernels() -> str:
+    try:
+        from optimizers import native
+    except ImportError:  # swanbench used without the optimizers package
+        return "not installed"
+    return native.describe()

@@ -197,3 +197,10 @@ def test_cached_library_is_reused(tmp_path):
     first = _probe({}, tmp_path)[2]
     stamp = Path(first).stat().st_mtime_ns
     assert _probe({}, tmp_path)[2] == first and Path(first).stat().st_mtime_ns == stamp
+
+
+def test_describe_never_builds(monkeypatch):
+    monkeypatch.setattr(native, "_state", {})
+    assert native.describe() == "not used" and native._state == {}
+    monkeypatch.setattr(native, "_state", {"lib": None, "reason": "no C compiler found", "path": None})
+    assert native.describe() == "unavailable: no C compiler found"
