@@ -32,6 +32,7 @@ from optimizers import native
 
 __all__ = [
     "GRAD_NORM_EPS",
+    "GRAD_NORM_METHODS",
     "WHITEN_METHODS",
     "SINKHORN_METHODS",
     "grad_norm",
@@ -52,6 +53,7 @@ __all__ = [
 # all-zero row maps to zeros instead of 0/0. Gradient rows of a trained LLM have std >> 1e-8 in fp32/bf16.
 GRAD_NORM_EPS = 1e-8
 
+GRAD_NORM_METHODS = ("auto", "native", "torch")
 WHITEN_METHODS = ("newton-schulz", "diag")
 SINKHORN_METHODS = ("native", "blocked", "vectors", "naive")
 
@@ -106,13 +108,26 @@ def frobenius_rescale_(x: Tensor, target: float, eps: float = GRAD_NORM_EPS, che
 # GradNorm
 # --------------------------------------------------------------------------------------------------
 
-def _grad_norm_into(g: Tensor, out: Tensor, eps: float) -> Tensor:
+def _native_grad_norm_ok(g: Tensor, out: Tensor) -> bool:
+    """The C row kernel applies: CPU fp32/bf16 input, contiguous fp32 output, kernels built."""
+    return (g.device.type == "cpu" and g.dtype in (torch.float32, torch.bfloat16) and out.dtype == torch.float32
+            and out.is_contiguous() and g.stride(-1) == 1 and native.available())
+
+
+def _grad_norm_into(g: Tensor, out: Tensor, eps: float, method: str = "auto") -> Tensor:
     """out = (g - mean_row) / max(std_row, eps), reading `g` in its own dtype and writing `out` once.
 
-    One Welford reduction and one fused multiply-add pass: out = g * inv_std + (-mean * inv_std).
+    On CPU (fp32/bf16) the C kernel of `optimizers.native` does it in one read from memory per row (the
+    row stays in cache for its mean, centred variance and the write). Otherwise torch: one Welford
+    reduction and one fused multiply-add pass: out = g * inv_std + (-mean * inv_std).
     A bf16/fp16 gradient is first copied into `out` (fp32): torch's var_mean returns statistics in the
     input dtype, and a bf16 mean/std would put ~1e-3 relative error on every entry.
     """
+    if method == "native" and not _native_grad_norm_ok(g, out):
+        raise ValueError(f"grad_norm method 'native' needs CPU float32/bfloat16 input and the native kernels "
+                         f"({native.unavailable_reason() or 'available'}), got {g.dtype} on {g.device}")
+    if method != "torch" and _native_grad_norm_ok(g, out):
+        return native.grad_norm_into(g, out, eps)
     if g.dtype != out.dtype:
         g = out.copy_(g)  # the multiply-add below then runs in place (full overlap is allowed)
     var, mean = torch.var_mean(g, dim=-1, correction=0, keepdim=True)
@@ -121,7 +136,7 @@ def _grad_norm_into(g: Tensor, out: Tensor, eps: float) -> Tensor:
     return torch.addcmul(shift, g, inv_std, out=out)
 
 
-def grad_norm(g: Tensor, eps: float = GRAD_NORM_EPS) -> Tensor:
+def grad_norm(g: Tensor, eps: float = GRAD_NORM_EPS, method: str = "auto") -> Tensor:
     """GradNorm (SWAN, arXiv 2412.13148): standardise every row of `g` across its n entries.
 
     `Gn = (G - mean_row(G)) / max(std_row(G), eps)` with the population std (divide by n). Every row of
@@ -132,11 +147,15 @@ def grad_norm(g: Tensor, eps: float = GRAD_NORM_EPS) -> Tensor:
     Args:
         g: gradient `[..., m, n]`, any float dtype.
         eps: floor on the row standard deviation.
+        method: "auto" (default: "native" where it applies, i.e. CPU fp32/bf16 with the C kernels built,
+            else "torch"), "native" (the C row kernel; ValueError where it cannot run) or "torch".
     Returns: a new tensor, fp32 (fp64 for fp64 input).
     """
     _check_matrix(g, "grad_norm")
+    if method not in GRAD_NORM_METHODS:
+        raise ValueError(f"unknown grad_norm method {method!r} (known: {', '.join(GRAD_NORM_METHODS)})")
     out = torch.empty(g.shape, dtype=_compute_dtype(g.dtype), device=g.device)
-    return _grad_norm_into(g, out, eps)
+    return _grad_norm_into(g, out, eps, method)
 
 
 # --------------------------------------------------------------------------------------------------

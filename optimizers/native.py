@@ -1,8 +1,9 @@
-"""Native CPU kernels for SR-Sinkhorn, built on first use with the system C compiler.
+"""Native CPU kernels for SR-Sinkhorn and GradNorm, built on first use with the system C compiler.
 
-`_sinkhorn.c` holds three memory-bound kernels (the scale iteration, the scaled copy and the fused SinkGD
-update). They exist because the pure-torch blocked kernel spends most of its time in per-op dispatch
-and OpenMP fork/join over ~1000 small ops per call; one C call walks each thread's rows directly.
+`_kernels.c` holds four memory-bound kernels: SR-Sinkhorn's scale iteration, its scaled copy and the
+fused SinkGD update, and GradNorm's row standardisation. They exist because the pure-torch versions spend
+most of their time in per-op dispatch and OpenMP fork/join over ~1000 small ops per call (blocked
+SR-Sinkhorn) or in a slow row reduction (`var_mean`); one C call walks each thread's rows directly.
 
 The library is compiled once per (source, compiler, flags, CPU) into a cache folder
 (`$SWANBENCH_NATIVE_CACHE`, else `$XDG_CACHE_HOME/swanbench/native`, else `~/.cache/swanbench/native`)
@@ -26,12 +27,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "unavailable_reason", "describe", "supports", "scales", "apply", "update", "library_path",
+__all__ = ["available", "unavailable_reason", "describe", "supports", "scales", "apply", "update", "grad_norm_into",
+           "library_path",
            "ENV_DISABLE"]
 
-SOURCE = Path(__file__).with_name("_sinkhorn.c")
+SOURCE = Path(__file__).with_name("_kernels.c")
 ENV_DISABLE = "SWANBENCH_NATIVE"
-ABI_VERSION = 1
+ABI_VERSION = 2
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 # -march=native: the library is built on, and cached for, the CPU it runs on (the CPU flags are in the
 # cache key). The fallbacks cover compilers without OpenMP (Apple clang) or without -march=native.
@@ -106,7 +108,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.sk_scales.argtypes = [ptr, i32, i64, i64, i64, i32, f32, ptr, ptr, ptr, i32]
     lib.sk_apply.argtypes = [ptr, i32, i64, i64, i64, ptr, ptr, ptr, i64, i32]
     lib.sk_update.argtypes = [ptr, i64, ptr, i64, i32, i64, i64, ptr, ptr, f32, i32]
-    for fn in (lib.sk_scales, lib.sk_apply, lib.sk_update):
+    lib.gn_rows.argtypes = [ptr, i32, i64, i64, i64, f32, ptr, i64, i32]
+    for fn in (lib.sk_scales, lib.sk_apply, lib.sk_update, lib.gn_rows):
         fn.restype = None
     lib.sk_abi_version.restype = ctypes.c_int
     return lib
@@ -122,7 +125,7 @@ def _load() -> None:
         return
     errors = []
     for flags in _FLAG_SETS:
-        target = _cache_dir() / f"sinkhorn-{_cache_key(cc, flags)}.so"
+        target = _cache_dir() / f"kernels-{_cache_key(cc, flags)}.so"
         if not target.exists():
             err = _compile(cc, flags, target)
             if err is not None:
@@ -248,3 +251,17 @@ def update(w: Tensor, g: Tensor, r: Tensor, c: Tensor, step: float) -> Tensor:
     lib.sk_update(w.data_ptr(), w.stride(0), g.data_ptr(), g.stride(0), _DTYPES[g.dtype], m, n,
                   r.data_ptr(), c.data_ptr(), float(step), _threads())
     return w
+
+
+def grad_norm_into(g: Tensor, out: Tensor, eps: float) -> Tensor:
+    """out = (g - mean_row) / max(std_row, eps) (population std), fp32 `out` of g's shape; rows of any
+    number of leading dimensions are independent, so g and out may be [..., m, n] if both view as 2-D."""
+    n = g.shape[-1]
+    g2, out2 = g.reshape(-1, n) if g.dim() > 2 else g, out.view(-1, n) if out.dim() > 2 else out
+    lib = _require(g2, "native.grad_norm_into")
+    if out2.dtype != torch.float32 or out2.shape != g2.shape or out2.device.type != "cpu" or not _rows_disjoint(out2):
+        raise ValueError(f"native.grad_norm_into: out must be a CPU float32 {tuple(g.shape)} tensor with unit "
+                         f"column stride, got {out.dtype} {tuple(out.shape)}")
+    lib.gn_rows(g2.data_ptr(), _DTYPES[g2.dtype], g2.shape[0], n, g2.stride(0), float(eps) ** 2,
+                out2.data_ptr(), out2.stride(0), _threads())
+    return out

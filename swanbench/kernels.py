@@ -105,6 +105,8 @@ METHODS: dict[str, dict[str, Method]] = {}
 for _method in [
     _m("grad_norm", "rowwise", f"{FUNCTIONAL}.grad_norm", {}, None, "float32", "memory", "grad_norm",
        cm.grad_norm_flops),
+    _m("grad_norm", "rowwise-torch", f"{FUNCTIONAL}.grad_norm", {"method": "torch"}, None, "float32", "memory",
+       "grad_norm", cm.grad_norm_flops),
     _m("grad_whiten", "ns-b0.5-k6", f"{FUNCTIONAL}.grad_whiten", {"steps": 6, "beta": 0.5}, 6, "float32",
        "compute", "polar", lambda r, c: cm.newton_schulz_flops(r, c, 6),
        lambda r, c: cm.newton_schulz_executed_flops(r, c, 6)),

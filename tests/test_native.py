@@ -188,8 +188,8 @@ def test_concurrent_builds_share_one_cache(tmp_path):
              for _ in range(2)]
     for proc in procs:
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
-    assert len(list(tmp_path.glob("sinkhorn-*.so"))) == 1
-    assert not [p for p in tmp_path.iterdir() if not p.name.startswith("sinkhorn-")]
+    assert len(list(tmp_path.glob("kernels-*.so"))) == 1
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith("kernels-")]
 
 
 @needs_native
@@ -204,3 +204,57 @@ def test_describe_never_builds(monkeypatch):
     assert native.describe() == "not used" and native._state == {}
     monkeypatch.setattr(native, "_state", {"lib": None, "reason": "no C compiler found", "path": None})
     assert native.describe() == "unavailable: no C compiler found"
+
+
+# ------------------------------------------------------------------------------------------- GradNorm
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", SHAPES + [(3, 2, 16, 24)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_grad_norm_matches_the_float64_reference(shape, dtype, threads, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    g = (_randn(shape, seed=len(shape) + shape[-1]) * 3 + 1.5).to(dtype)  # an offset: the mean matters
+    out = F.grad_norm(g, method="native")
+    assert out.dtype == torch.float32 and out.shape == g.shape
+    ref = R.grad_norm_reference(g.double().reshape(-1, shape[-2], shape[-1])).reshape(shape)
+    tol = 1e-5 if shape[-1] > 1 else 0.0  # one column: every entry is its row mean, so exactly 0
+    assert _rel(out, ref) <= tol if ref.norm() > 0 else not out.any()
+    assert _rel(out, F.grad_norm(g, method="torch")) < 1e-5 or not out.any()
+
+
+@needs_native
+def test_native_grad_norm_zero_and_constant_rows_are_zero():
+    g = _randn((10, 33), seed=12)
+    g[2] = 0
+    g[6] = -4.25
+    out = F.grad_norm(g)
+    assert not out[2].any() and not out[6].any() and torch.isfinite(out).all()
+    rest = out[[0, 1, 3, 4, 5, 7, 8, 9]]
+    assert rest.mean(dim=1).abs().max() < 1e-6 and (rest.var(dim=1, correction=0) - 1).abs().max() < 1e-5
+
+
+@needs_native
+def test_native_grad_norm_method_errors():
+    with pytest.raises(ValueError, match="grad_norm method 'native' needs CPU float32/bfloat16 input"):
+        F.grad_norm(torch.randn(4, 5, dtype=torch.float64), method="native")
+    with pytest.raises(ValueError, match="unknown grad_norm method 'fast'"):
+        F.grad_norm(torch.randn(4, 5), method="fast")
+
+
+@needs_native
+def test_swan_step_is_the_same_with_native_or_torch_grad_norm(monkeypatch):
+    from optimizers.stateless import SWAN
+
+    w0, grad = _randn((24, 40), seed=13), _randn((24, 40), seed=14)
+
+    def one_step():
+        w = torch.nn.Parameter(w0.clone())
+        w.grad = grad.clone()
+        SWAN([w], lr=0.1).step()
+        return w.detach()
+
+    with_native = one_step()
+    monkeypatch.setattr(native, "_state", {"lib": None, "reason": "test", "path": None})
+    assert _rel(with_native, one_step()) < 1e-5 and not torch.equal(with_native, w0)
