@@ -426,6 +426,8 @@ def sinkhorn_scales(g: Tensor, iters: int = 5, eps: float = GRAD_NORM_EPS,
     _check_matrix(g, "sinkhorn_scales")
     _validate_sinkhorn_args(iters, method)
     method = resolve_sinkhorn_method(g, method)
+    if method == "native" and g.dim() == 2 and native.supports(g):
+        return native.scales(g, iters, eps)  # the optimizer's per-matrix call: nothing around the C call
     batch = _as_batch(g)
     if method == "native":
         r, c = _sinkhorn_scales_native(batch.contiguous() if batch.stride(-1) != 1 else batch, iters, eps)

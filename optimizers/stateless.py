@@ -355,6 +355,7 @@ class SinkGD(_StatelessMatrixOptimizer):
                 with self._timer():
                     r, c = F.sinkhorn_scales(p.grad, group["iterations"], group["eps"], method)
                 self._apply_scaled_(p, r, c, step, method)
+                del r, c  # before the next matrix's scales: the step's peak is one matrix's workspace
 
     def _step_stacked(self, params: list[Tensor], group: dict[str, Any], step: float) -> None:
         """Small same-shape matrices in one batch: a handful of ops for the chunk instead of ~20 per matrix.

@@ -258,3 +258,27 @@ def test_swan_step_is_the_same_with_native_or_torch_grad_norm(monkeypatch):
     with_native = one_step()
     monkeypatch.setattr(native, "_state", {"lib": None, "reason": "test", "path": None})
     assert _rel(with_native, one_step()) < 1e-5 and not torch.equal(with_native, w0)
+
+
+@needs_native
+def test_kernels_are_torch_ops_that_declare_their_writes():
+    """Registered ops with `Tensor(a!)` outputs: the profiler attributes the written buffers to the gradient
+    they are computed from (not to model input), and traces show the calls by name."""
+    writes = {name: [a.name for a in getattr(torch.ops.swanbench, name).default._schema.arguments
+                     if a.alias_info is not None and a.alias_info.is_write]
+              for name in ("sinkhorn_scales", "sinkhorn_apply", "sinkhorn_update", "grad_norm_rows")}
+    assert writes == {"sinkhorn_scales": ["r", "c", "acc"], "sinkhorn_apply": ["result"],
+                      "sinkhorn_update": ["w"], "grad_norm_rows": ["result"]}
+    g = torch.randn(8, 12)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        F.grad_norm(g)
+        F.sr_sinkhorn(g, 2)
+    names = {e.name for e in prof.events()}
+    assert {"swanbench::grad_norm_rows", "swanbench::sinkhorn_scales", "swanbench::sinkhorn_apply"} <= names
+
+
+@needs_native
+def test_compiled_callers_trace_the_ops():
+    g = _randn((16, 24), seed=15)
+    compiled = torch.compile(lambda x: F.sr_sinkhorn(x, 5) + F.grad_norm(x), dynamic=False)
+    assert _rel(compiled(g), F.sr_sinkhorn(g, 5) + F.grad_norm(g)) < 1e-6
