@@ -389,7 +389,7 @@ def _sinkhorn_scales_vectors(g: Tensor, iters: int, eps: float) -> tuple[Tensor,
 
 
 def _sinkhorn_scales_native(g: Tensor, iters: int, eps: float) -> tuple[Tensor, Tensor]:
-    """Scales (r [B, m], c [B, n]) for a batch, one C call per matrix (see `optimizers/_sinkhorn.c`)."""
+    """Scales (r [B, m], c [B, n]) for a batch, one C call per matrix (see `optimizers/_kernels.c`)."""
     if g.dtype not in (torch.float32, torch.bfloat16):
         g = g.float()  # fp16 and friends: one widening copy; fp64 never gets here
     pairs = [native.scales(g[i], iters, eps) for i in range(g.shape[0])]
@@ -512,7 +512,7 @@ def sr_sinkhorn(g: Tensor, iters: int = 5, eps: float = GRAD_NORM_EPS, method: s
     batch, out_b = _as_batch(g), _as_batch(out)
     r_b, c_b = r.reshape(-1, g.shape[-2]), c.reshape(-1, g.shape[-1])
     for i in range(batch.shape[0]):
-        if method == "native" and native.supports(batch[i]) and out_b[i].stride(-1) == 1:
+        if method == "native" and native.supports(batch[i]):  # out is contiguous: checked or fresh
             native.apply(batch[i], r_b[i], c_b[i], out_b[i])
         else:
             _scaled_blocked(batch[i], r_b[i], c_b[i], out_b[i])
