@@ -160,36 +160,30 @@ void sk_apply(const void *g, int dtype, int64_t m, int64_t n, int64_t ld, const 
     else apply_float((const float *)g, m, n, ld, r, c, out, ldo, team);
 }
 
-/* The fused SinkGD update: w += step * diag(r) G diag(c), w and G of the same element type. */
-static void update_f32(float *w, int64_t ldw, const float *g, int64_t ld, int64_t m, int64_t n,
-                       const float *r, const float *c, float step, int team) {
-#pragma omp parallel for num_threads(team) schedule(static)
-    for (int64_t i = 0; i < m; ++i) {
-        const float *row = g + i * ld;
-        float *wi = w + i * ldw;
-        const float si = step * r[i];
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) wi[j] += si * (row[j] * c[j]);
+/* The fused SinkGD update: w += step * diag(r) G diag(c), w and G of the same element type; the sum is
+ * formed in fp32 and stored once (bf16: rounded to nearest even, as torch's addcmul_ on bf16 does). */
+#define STORE_F32(x) (x)
+#define STORE_BF16(x) f32_to_bf16(x)
+#define SK_UPDATE_BODY(T, LOAD, STORE)                                                          \
+    static void update_##T(T *w, int64_t ldw, const T *g, int64_t ld, int64_t m, int64_t n,       \
+                           const float *r, const float *c, float step, int team) {               \
+        _Pragma("omp parallel for num_threads(team) schedule(static)")                           \
+        for (int64_t i = 0; i < m; ++i) {                                                        \
+            const T *row = g + i * ld;                                                           \
+            T *wi = w + i * ldw;                                                                 \
+            const float si = step * r[i];                                                        \
+            _Pragma("omp simd")                                                                  \
+            for (int64_t j = 0; j < n; ++j) wi[j] = STORE(LOAD(wi[j]) + si * (LOAD(row[j]) * c[j])); \
+        }                                                                                        \
     }
-}
-
-static void update_bf16(bf16_t *w, int64_t ldw, const bf16_t *g, int64_t ld, int64_t m, int64_t n,
-                        const float *r, const float *c, float step, int team) {
-#pragma omp parallel for num_threads(team) schedule(static)
-    for (int64_t i = 0; i < m; ++i) {
-        const bf16_t *row = g + i * ld;
-        bf16_t *wi = w + i * ldw;
-        const float si = step * r[i];
-        for (int64_t j = 0; j < n; ++j)
-            wi[j] = f32_to_bf16(bf16_to_f32(wi[j]) + si * (bf16_to_f32(row[j]) * c[j]));
-    }
-}
+SK_UPDATE_BODY(float, LOAD_F32, STORE_F32)
+SK_UPDATE_BODY(bf16_t, LOAD_BF16, STORE_BF16)
 
 void sk_update(void *w, int64_t ldw, const void *g, int64_t ld, int dtype, int64_t m, int64_t n,
                const float *r, const float *c, float step, int nthreads) {
     const int team = team_size(nthreads);
-    if (dtype == SK_BF16) update_bf16((bf16_t *)w, ldw, (const bf16_t *)g, ld, m, n, r, c, step, team);
-    else update_f32((float *)w, ldw, (const float *)g, ld, m, n, r, c, step, team);
+    if (dtype == SK_BF16) update_bf16_t((bf16_t *)w, ldw, (const bf16_t *)g, ld, m, n, r, c, step, team);
+    else update_float((float *)w, ldw, (const float *)g, ld, m, n, r, c, step, team);
 }
 
 /* GradNorm: out_i* = (g_i* - mean_i) / max(std_i, eps) with the population std. Three sweeps over each
