@@ -91,14 +91,18 @@ def collect(device: str | None = None) -> dict[str, Any]:
     }
     env.update({f"{name.replace('-', '_')}_version": package_version(name) for name in PACKAGES})
     env.update(device_info(device))
-    # Which SR-Sinkhorn kernels SinkGD ran (C or the torch fallback) changes its step time: say so.
-    env["native_kernels"] = _native_kernels()
+    # Whether SinkGD's SR-Sinkhorn and SWAN's GradNorm run the C kernels or the torch fallback changes their
+    # step time on CPU: say which (loading them here is a dlopen of the cached build, or a ~0.3 s compile).
+    env["native_kernels"] = _native_kernels(env.get("device") or device)
     return env
 
 
-def _native_kernels() -> str:
+def _native_kernels(device: str | None) -> str:
+    if device is not None and not str(device).startswith("cpu"):
+        return f"not used on {device} (CPU kernels)"
     try:
         from optimizers import native
     except ImportError:  # swanbench used without the optimizers package
         return "not installed"
+    native.available()
     return native.describe()

@@ -282,3 +282,13 @@ def test_compiled_callers_trace_the_ops():
     g = _randn((16, 24), seed=15)
     compiled = torch.compile(lambda x: F.sr_sinkhorn(x, 5) + F.grad_norm(x), dynamic=False)
     assert _rel(compiled(g), F.sr_sinkhorn(g, 5) + F.grad_norm(g)) < 1e-6
+
+
+def test_env_records_which_kernels_ran(monkeypatch):
+    from swanbench import env
+
+    if native.available():
+        assert env.collect("cpu")["native_kernels"] == f"loaded: {native.library_path()}"
+    monkeypatch.setattr(native, "_state", {"lib": None, "reason": "no C compiler found", "path": None})
+    assert env.collect("cpu")["native_kernels"] == "unavailable: no C compiler found"
+    assert env.collect("cuda:0")["native_kernels"] == "not used on cuda:0 (CPU kernels)"
