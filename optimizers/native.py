@@ -7,7 +7,8 @@ SR-Sinkhorn) or in a slow row reduction (`var_mean`); one C call walks each thre
 
 The library is compiled once per (source, compiler, flags, CPU) into a cache folder
 (`$SWANBENCH_NATIVE_CACHE`, else `$XDG_CACHE_HOME/swanbench/native`, else `~/.cache/swanbench/native`)
-and loaded with ctypes; the calls release the GIL. Without a working C compiler, or with
+and loaded with ctypes (the calls release the GIL); each entry point is registered as a torch operator
+(`torch.ops.swanbench.*`) that declares the tensors it writes. Without a working C compiler, or with
 `SWANBENCH_NATIVE=0`, `available()` is False, `unavailable_reason()` says why, and
 `optimizers.functional` falls back to its pure-torch kernels, so nothing depends on a compiler.
 """
@@ -86,10 +87,11 @@ def _cache_key(cc: str, flags: list[str]) -> str:
 def _compile(cc: str, flags: list[str], target: Path) -> str | None:
     """Build into a temporary file beside `target`, then rename (atomic: concurrent workers never see a
     half-written library). Returns the compiler's complaint, or None on success."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # an unwritable cache is a reason, not a crash
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
         proc = subprocess.run([cc, *flags, *_COMMON, str(SOURCE), "-o", tmp, "-lm"],
                               capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
@@ -99,7 +101,7 @@ def _compile(cc: str, flags: list[str], target: Path) -> str | None:
     except (OSError, subprocess.SubprocessError) as exc:
         return str(exc)
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

@@ -179,6 +179,13 @@ def test_a_broken_compiler_is_a_reason_not_a_crash(tmp_path):
     assert not list(tmp_path.glob("*.so"))  # no half-written library left behind
 
 
+def test_an_unwritable_cache_is_a_reason_not_a_crash(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    available, reason, _ = _probe({}, blocker / "cache")
+    assert available == "False" and reason.startswith("could not build the native kernels")
+
+
 @needs_native
 def test_concurrent_builds_share_one_cache(tmp_path):
     """Two processes building into one empty cache (parallel suite workers) both load a whole library."""
