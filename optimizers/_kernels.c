@@ -189,7 +189,8 @@ void sk_update(void *w, int64_t ldw, const void *g, int64_t ld, int dtype, int64
 /* GradNorm: out_i* = (g_i* - mean_i) / max(std_i, eps) with the population std. Three sweeps over each
  * row, but only the first comes from memory: the row (n <= 16k fp32 in every LLaMA preset) stays in
  * L1/L2 for the centred second moment (two-pass: no cancellation, unlike E[x^2] - mean^2) and for the
- * write. Same formula as the torch path: out = g * inv + (-mean * inv). */
+ * write. Subtract, then scale (as the torch path): a constant row, whose std is below eps, is exactly 0;
+ * the fused g * inv + (-mean * inv) would leave the rounding error of mean * inv, O(1) when inv = 1/eps. */
 #define GN_BODY(T, LOAD)                                                                         \
     static void grad_norm_##T(const T *g, int64_t m, int64_t n, int64_t ld, float eps2, float *out, \
                               int64_t ldo, int team) {                                          \
@@ -200,18 +201,22 @@ void sk_update(void *w, int64_t ldw, const void *g, int64_t ld, int dtype, int64
             float s = 0.0f;                                                                      \
             _Pragma("omp simd reduction(+:s)")                                                   \
             for (int64_t j = 0; j < n; ++j) s += LOAD(row[j]);                                   \
-            const float mean = s / (float)n;                                                     \
-            float v = 0.0f;                                                                      \
-            _Pragma("omp simd reduction(+:v)")                                                   \
+            float mean = s / (float)n;                                                           \
+            /* Corrected two-pass: the residuals' own mean c removes the fp32 rounding of the first \
+             * mean (a constant row then has mean == its value and maps to exact zeros). */       \
+            float v = 0.0f, e = 0.0f;                                                            \
+            _Pragma("omp simd reduction(+:v, e)")                                                \
             for (int64_t j = 0; j < n; ++j) {                                                    \
                 const float d = LOAD(row[j]) - mean;                                             \
                 v += d * d;                                                                      \
+                e += d;                                                                          \
             }                                                                                    \
-            v /= (float)n;                                                                       \
+            const float c = e / (float)n;                                                        \
+            mean += c;                                                                           \
+            v = v / (float)n - c * c;                                                            \
             const float inv = 1.0f / sqrtf(v > eps2 ? v : eps2);                                 \
-            const float shift = -mean * inv;                                                     \
             _Pragma("omp simd")                                                                  \
-            for (int64_t j = 0; j < n; ++j) o[j] = LOAD(row[j]) * inv + shift;                   \
+            for (int64_t j = 0; j < n; ++j) o[j] = (LOAD(row[j]) - mean) * inv;                  \
         }                                                                                        \
     }
 GN_BODY(float, LOAD_F32)

@@ -119,7 +119,7 @@ def _grad_norm_into(g: Tensor, out: Tensor, eps: float, method: str = "auto") ->
 
     On CPU (fp32/bf16) the C kernel of `optimizers.native` does it in one read from memory per row (the
     row stays in cache for its mean, centred variance and the write). Otherwise torch: one Welford
-    reduction and one fused multiply-add pass: out = g * inv_std + (-mean * inv_std).
+    reduction, then out = (g - mean) * inv_std.
     A bf16/fp16 gradient is first copied into `out` (fp32): torch's var_mean returns statistics in the
     input dtype, and a bf16 mean/std would put ~1e-3 relative error on every entry.
     """
@@ -132,8 +132,10 @@ def _grad_norm_into(g: Tensor, out: Tensor, eps: float, method: str = "auto") ->
         g = out.copy_(g)  # the multiply-add below then runs in place (full overlap is allowed)
     var, mean = torch.var_mean(g, dim=-1, correction=0, keepdim=True)
     inv_std = var.to(out.dtype).clamp_min_(eps * eps).rsqrt_()
-    shift = mean.to(out.dtype).mul_(inv_std).neg_()
-    return torch.addcmul(shift, g, inv_std, out=out)
+    # Subtract, then scale: a constant row (std below eps, so inv_std = 1/eps) becomes exactly 0. The fused
+    # g * inv_std + (-mean * inv_std) left the rounding error of mean * inv_std, O(1) there (3.8 on a
+    # one-column matrix, 0.15 on a row of 0.1s).
+    return torch.sub(g, mean.to(out.dtype), out=out).mul_(inv_std)
 
 
 def grad_norm(g: Tensor, eps: float = GRAD_NORM_EPS, method: str = "auto") -> Tensor:

@@ -225,10 +225,12 @@ def test_native_grad_norm_matches_the_float64_reference(shape, dtype, threads, m
     g = (_randn(shape, seed=len(shape) + shape[-1]) * 3 + 1.5).to(dtype)  # an offset: the mean matters
     out = F.grad_norm(g, method="native")
     assert out.dtype == torch.float32 and out.shape == g.shape
+    if shape[-1] == 1:  # one column: every entry is its row's mean, so the result is exactly 0
+        assert not out.any() and not F.grad_norm(g, method="torch").any()
+        return
     ref = R.grad_norm_reference(g.double().reshape(-1, shape[-2], shape[-1])).reshape(shape)
-    tol = 1e-5 if shape[-1] > 1 else 0.0  # one column: every entry is its row mean, so exactly 0
-    assert _rel(out, ref) <= tol if ref.norm() > 0 else not out.any()
-    assert _rel(out, F.grad_norm(g, method="torch")) < 1e-5 or not out.any()
+    assert _rel(out, ref) < 1e-5
+    assert _rel(out, F.grad_norm(g, method="torch")) < 1e-5
 
 
 @needs_native
@@ -240,6 +242,19 @@ def test_native_grad_norm_zero_and_constant_rows_are_zero():
     assert not out[2].any() and not out[6].any() and torch.isfinite(out).all()
     rest = out[[0, 1, 3, 4, 5, 7, 8, 9]]
     assert rest.mean(dim=1).abs().max() < 1e-6 and (rest.var(dim=1, correction=0) - 1).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("method", ["native", "torch"])
+@pytest.mark.parametrize("value,n", [(0.1, 40), (0.1, 5461), (7.77, 11008), (-3.3e-5, 2048), (0.3, 1)])
+def test_constant_rows_are_exact_zeros_in_both_paths(method, value, n):
+    """A constant row has std 0 < eps: (x - mean) must be exactly 0, which needs the mean to round back to
+    the value itself (torch: Welford; C: corrected two-pass) and subtract-then-scale. The fused form
+    x * inv + (-mean * inv) with inv = 1/eps gave 0.15 on rows of 0.1 and 3.8 on one-column matrices."""
+    if method == "native" and not native.available():
+        pytest.skip(f"native kernels: {native.unavailable_reason()}")
+    for dtype in (torch.float32, torch.bfloat16):
+        g = torch.full((3, n), value).to(dtype)
+        assert not F.grad_norm(g, method=method).any(), (dtype, F.grad_norm(g, method=method).abs().max())
 
 
 @needs_native
