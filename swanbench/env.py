@@ -26,12 +26,16 @@ def package_version(name: str) -> str | None:
 
 
 def git_revision(root: Path = REPO_ROOT) -> str | None:
-    """HEAD's commit (with "-dirty" when tracked files changed), or None outside a git checkout."""
+    """HEAD's commit (with "-dirty" when tracked files changed), or None outside a git checkout.
+
+    Committed result sets under results/ do not count: a suite writing into results/<device>/ would
+    otherwise mark every run after its first (and its own env.json) dirty, though no code changed.
+    """
     try:
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)results"], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{rev}-dirty" if dirty else rev or None

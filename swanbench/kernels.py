@@ -985,6 +985,9 @@ def run_kernel_suite(suite: KernelSuite, out_dir: Path, console=None) -> Path:
         else (lambda text: None)
     _check_operators_exist(suite)
     load_before, uptime_before = _load_average(), _uptime()
+    # Before anything is written: git_rev must describe the code that runs, not a tree the run's own
+    # output files have made "dirty" (as the earlier result sets under results/ say).
+    env = envmod.collect(device)
     info = envmod.device_info(device)
     say(f"[bold]{suite.name}[/]: measuring {info.get('device_name')} limits (matmul, copy)")
     limits = measure_limits(device, suite.dtypes, suite.matmul_sizes, suite.copy_mib)
@@ -1015,7 +1018,6 @@ def run_kernel_suite(suite: KernelSuite, out_dir: Path, console=None) -> Path:
                                          + "\n")
     for line in lines:
         say(line)
-    env = envmod.collect(device)
     env.update(suite=suite.name, torch_threads=torch.get_num_threads(), load_average_before=load_before,
                load_average_after=_load_average(), uptime_before=uptime_before, uptime_after=_uptime(), wall_seconds=time.perf_counter() - started,
                matmul_tflops=limits.matmul_tflops, copy_gbps=limits.copy_gbps)

@@ -87,3 +87,26 @@ def test_env_json():
     assert result.exit_code == 0
     info = json.loads(result.output)
     assert info["torch_version"] and info["device"] in ("cpu", "cuda") and "git_rev" in info
+
+
+def test_git_revision_is_dirty_for_code_not_for_results(tmp_path):
+    """A suite writing into results/ must not mark its own and later runs' env.json as dirty code."""
+    import subprocess
+
+    from swanbench.env import git_revision
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "runs.csv").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+    clean = git_revision(tmp_path)
+    assert clean and not clean.endswith("-dirty")
+    (tmp_path / "results" / "runs.csv").write_text("a\nb\n")
+    assert git_revision(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_revision(tmp_path) == f"{clean}-dirty"
