@@ -1194,8 +1194,9 @@ def _uptime() -> str | None:
 # Per-model summary
 # --------------------------------------------------------------------------------------------------
 
-# What one optimizer step runs on every hidden matrix, as (operator, method) parts.
-STEP_PARTS: dict[str, tuple[tuple[str, str], ...]] = {
+# What one optimizer step runs on every hidden matrix, as (operator, method) parts; a tuple of methods means
+# "whichever of these is fastest here" (the optimizer picks its kernel per device).
+STEP_PARTS: dict[str, tuple[tuple[str, str | tuple[str, ...]], ...]] = {
     "swan_b0.5_k6": (("grad_norm", "rowwise"), ("grad_whiten", "ns-b0.5-k6")),
     "swan_b0.8_k10": (("grad_norm", "rowwise"), ("grad_whiten", "ns-b0.8-k10")),
     "swan_nsds_b0.4_k2": (("grad_norm", "rowwise"), ("grad_whiten", "nsds-b0.4-k2")),
