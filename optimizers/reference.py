@@ -46,18 +46,28 @@ def _smaller_side(x: Tensor) -> tuple[Tensor, bool]:
     return (x.T @ x if tall else x @ x.T), tall
 
 
-def newton_schulz_reference(g: Tensor, steps: int, beta: float) -> Tensor:
-    """The coupled iteration of SWAN App. B.8, literally; returns Z_k G / sqrt(||A||_F) (G Z_k ... if tall)."""
+def _coupled_start(g: Tensor):
+    """Shared start of both coupled iterations: x (fp64), Y0 = A / ||A||_F, Z0 = I, I, ||A||_F, tall."""
     x = _f64(g)
     a, tall = _smaller_side(x)
     fro = torch.linalg.matrix_norm(a)
     eye = torch.eye(a.shape[0], dtype=torch.float64)
-    y, z = a / fro, eye.clone()
+    return x, a / fro, eye.clone(), eye, fro, tall
+
+
+def _coupled_finish(x: Tensor, z: Tensor, fro: Tensor, tall: bool) -> Tensor:
+    """Z_k / sqrt(||A||_F) applied on the Gram side: Z G, or G Z for a tall G."""
+    z = z / fro.sqrt()
+    return x @ z if tall else z @ x
+
+
+def newton_schulz_reference(g: Tensor, steps: int, beta: float) -> Tensor:
+    """The coupled iteration of SWAN App. B.8, literally; returns Z_k G / sqrt(||A||_F) (G Z_k ... if tall)."""
+    x, y, z, eye, fro, tall = _coupled_start(g)
     for _ in range(steps):
         t = 3 * eye - z @ y
         y, z = beta * y @ t, beta * t @ z
-    z = z / fro.sqrt()
-    return x @ z if tall else z @ x
+    return _coupled_finish(x, z, fro, tall)
 
 
 def spectral_newton_schulz(g: Tensor, steps: int, beta: float) -> Tensor:
@@ -73,17 +83,12 @@ def spectral_newton_schulz(g: Tensor, steps: int, beta: float) -> Tensor:
 
 def nsds_reference(g: Tensor, steps: int, beta: float) -> Tensor:
     """Diagonal substitution: Y <- b Y Diag(3 - diag(Z) diag(Y)), Z <- b (3I - Diag(Z) Y) Diag(Z)."""
-    x = _f64(g)
-    a, tall = _smaller_side(x)
-    fro = torch.linalg.matrix_norm(a)
-    eye = torch.eye(a.shape[0], dtype=torch.float64)
-    y, z = a / fro, eye.clone()
+    x, y, z, eye, fro, tall = _coupled_start(g)
     for _ in range(steps):
         dz = torch.diag(torch.diagonal(z))
         d = torch.diagonal(z) * torch.diagonal(y)
         y, z = beta * y @ torch.diag(3 - d), beta * (3 * eye - dz @ y) @ dz
-    z = z / fro.sqrt()
-    return x @ z if tall else z @ x
+    return _coupled_finish(x, z, fro, tall)
 
 
 def sr_sinkhorn_reference(g: Tensor, iters: int, eps: float = 1e-8) -> Tensor:

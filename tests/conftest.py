@@ -88,3 +88,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def counting_timer():
+    """A `preprocess_timer` that records one entry per `with` block: (timer, entries)."""
+    import contextlib
+
+    entries: list[int] = []
+
+    @contextlib.contextmanager
+    def timer():
+        entries.append(1)
+        yield
+
+    return timer, entries

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import pytest
@@ -188,16 +187,10 @@ def test_state_view_is_read_only_merge():
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2, 2))]})
 
 
-def test_preprocess_timer_forwards_and_counts_buckets():
+def test_preprocess_timer_forwards_and_counts_buckets(counting_timer):
     model = ToyLM()
     opt = optimizers.build("swan", model, batch_budget=10**9)  # one batched call per distinct shape
-    entered = []
-
-    @contextlib.contextmanager
-    def timer():
-        entered.append(1)
-        yield
-
+    timer, entered = counting_timer
     opt.preprocess_timer = timer
     assert opt.optimizers["adamw"].preprocess_timer is timer  # set, and ignored by AdamW
     step(model, opt)

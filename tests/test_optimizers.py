@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 
@@ -212,15 +211,9 @@ def test_declared_state_matches_allocated_state(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_preprocess_timer_hook(name):
+def test_preprocess_timer_hook(name, counting_timer):
     model, opt = build(name)
-    entries = []
-
-    @contextlib.contextmanager
-    def timer():
-        entries.append(1)
-        yield
-
+    timer, entries = counting_timer
     opt.preprocess_timer = timer
     train_step(model, opt, batch())
     if name in STATELESS:
