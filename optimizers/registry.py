@@ -23,10 +23,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from optimizers import costs
 from optimizers.hybrid import LLAMA_RULES, HybridOptimizer, partition
 from optimizers.stateless import SWAN, SinkGD, sinkgd_workspace_numel, swan_workspace_numel
 
-__all__ = ["OptimizerInfo", "build", "available", "info", "registered"]
+__all__ = ["OptimizerInfo", "StepPart", "build", "available", "info", "registered", "display_order"]
 
 log = logging.getLogger("optimizers")
 Shape = Sequence[int]
@@ -40,6 +41,22 @@ def _matrix(shape: Shape) -> tuple[int, int]:
     if len(shape) != 2:
         raise ValueError(f"a matrix optimizer declares state for 2-D shapes only, got {tuple(shape)}")
     return int(shape[0]), int(shape[1])
+
+
+@dataclass(frozen=True)
+class StepPart:
+    """One preprocessing operator a step applies to every hidden matrix (for the kernel suite and cost model).
+
+    operator: an operator of `optimizers.functional` ("grad_norm", "grad_whiten", "sr_sinkhorn",
+        "muon_quintic"), as the kernel suite names it.
+    methods: the kernel suite's methods that compute it with these hyperparameters, in order of preference
+        (the first that was measured on the device stands for the step).
+    flops: nominal flops for one rows x cols matrix (`optimizers.costs`).
+    """
+
+    operator: str
+    methods: tuple[str, ...]
+    flops: Callable[[int, int], int] = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,9 @@ class OptimizerInfo:
             as a float32 tensor: 4); not included in `state_numel`.
         requires: the pip package the entry needs beyond torch, or None.
         hparams: the accepted hyperparameters and their defaults.
+        whole_matrix: the matrix optimizer needs each hidden matrix whole on one rank (whitening), whatever
+            the sharding: the estimator adds the gather under FSDP.
+        color, order: how figures and tables show it (a matplotlib colour; position in legends and tables).
     """
 
     name: str
@@ -70,6 +90,19 @@ class OptimizerInfo:
     _state: Callable[[Shape], int] = field(repr=False)
     _workspace: Callable[[Shape], int] = field(repr=False)
     rest_optimizer: str | None = None
+    whole_matrix: bool = False
+    color: str | None = None
+    order: int = 1000
+    _parts: Callable[[Mapping[str, Any]], tuple[StepPart, ...]] = field(default=lambda hp: (), repr=False)
+
+    def step_parts(self, **hparams: Any) -> tuple[StepPart, ...]:
+        """The preprocessing operators one step applies to each hidden matrix, for these hyperparameters
+        (defaults filled in); empty for optimizers without a separable preprocessing (AdamW, SGD, ...)."""
+        return self._parts({**self.hparams, **hparams})
+
+    def step_flops(self, rows: int, cols: int, **hparams: Any) -> int:
+        """Nominal preprocessing flops of one step on one rows x cols hidden matrix (0 when it has none)."""
+        return sum(part.flops(rows, cols) for part in self.step_parts(**hparams))
 
     def state_numel(self, shape: Shape) -> int:
         """Persistent optimizer-state elements for one parameter of `shape` (scalars excluded)."""
@@ -300,11 +333,52 @@ def _swan_state(shape: Shape) -> int:
 
 
 def _info(name, description, implementation, state, workspace, hparams, hybrid=False, scalar=0,
-          requires=None) -> OptimizerInfo:
+          requires=None, whole_matrix=False, parts=None, color=None, order=1000) -> OptimizerInfo:
     return OptimizerInfo(name=name, description=description, implementation=implementation, hybrid=hybrid,
                          state_dtype="param", scalar_state_bytes=scalar, requires=requires,
                          hparams=dict(hparams), _state=state, _workspace=workspace,
-                         rest_optimizer="adamw" if hybrid else None)
+                         rest_optimizer="adamw" if hybrid else None, whole_matrix=whole_matrix,
+                         color=color, order=order, _parts=parts or (lambda hp: ()))
+
+
+# Step parts: the kernel suite names a method by the hyperparameters it runs with ("ns-b0.8-k10"), so the
+# parts of a configuration are found by name; flops come from optimizers.costs.
+
+def _num_text(value: float) -> str:
+    return f"{value:g}"
+
+
+def _grad_norm_part() -> StepPart:
+    return StepPart("grad_norm", ("rowwise",), costs.grad_norm_flops)
+
+
+def _swan_parts(hp: Mapping[str, Any]) -> tuple[StepPart, ...]:
+    k, b = int(hp["steps"]), float(hp["beta"])
+    whiten = StepPart("grad_whiten", (f"ns-b{_num_text(b)}-k{k}",),
+                      lambda r, c: costs.newton_schulz_flops(r, c, k))
+    return _grad_norm_part(), whiten
+
+
+def _swan_fast_parts(hp: Mapping[str, Any]) -> tuple[StepPart, ...]:
+    k, b = int(hp["steps"]), float(hp["beta"])
+    whiten = StepPart("grad_whiten", (f"nsds-b{_num_text(b)}-k{k}",),
+                      lambda r, c: costs.newton_schulz_diag_flops(r, c, k))
+    return _grad_norm_part(), whiten
+
+
+def _sinkgd_parts(hp: Mapping[str, Any]) -> tuple[StepPart, ...]:
+    # SinkGD's own step picks its kernel per device (native on CPU, vectors on GPUs) and never allocates the
+    # scaled matrix: its part is the fastest of the kernels it can run.
+    L = int(hp["iterations"])
+    methods = tuple(f"{m}-L{L}" for m in ("native", "blocked", "vectors"))
+    if L == 5:
+        methods = ("native-L5-out", *methods)
+    return (StepPart("sr_sinkhorn", methods, lambda r, c: costs.sr_sinkhorn_flops(r, c, L)),)
+
+
+def _muon_parts(hp: Mapping[str, Any]) -> tuple[StepPart, ...]:
+    k = int(hp["ns_steps"])
+    return (StepPart("muon_quintic", (f"k{k}",), lambda r, c: costs.muon_quintic_flops(r, c, k)),)
 
 
 def _adafactor_state(shape: Shape) -> int:
@@ -332,44 +406,52 @@ def _register(info_: OptimizerInfo, build_fn, validate) -> None:
 
 _register(_info("adamw", "AdamW: Adam with decoupled weight decay (2 moments per parameter)",
                 "torch.optim.AdamW(fused=True where the device has it, else foreach=True)",
-                lambda s: 2 * _numel(s), lambda s: 0, _ADAM_HP, scalar=4), _build_adamw, _validate_adam)
+                lambda s: 2 * _numel(s), lambda s: 0, _ADAM_HP, scalar=4, color="#1f77b4", order=0),
+          _build_adamw, _validate_adam)
 _register(_info("adam", "Adam (L2 weight decay coupled into the gradient)",
                 "torch.optim.Adam(fused=True where the device has it, else foreach=True)",
-                lambda s: 2 * _numel(s), lambda s: 0, _ADAM_HP, scalar=4), _build_adam, _validate_adam)
+                lambda s: 2 * _numel(s), lambda s: 0, _ADAM_HP, scalar=4, color="#6baed6", order=10),
+          _build_adam, _validate_adam)
 _register(_info("sgd", "plain SGD, no state", "torch.optim.SGD(momentum=0, fused=True/foreach=True)",
-                lambda s: 0, lambda s: 0, dict(lr=1e-2, weight_decay=0.0)),
+                lambda s: 0, lambda s: 0, dict(lr=1e-2, weight_decay=0.0), color="#7f7f7f", order=20),
           lambda m, hp: _build_sgd(m, hp, 0.0), _common)
 _register(_info("sgd-momentum", "SGD with heavy-ball momentum 0.9 (one buffer per parameter)",
                 "torch.optim.SGD(momentum=0.9, fused=True/foreach=True)",
-                lambda s: _numel(s), lambda s: 0, dict(lr=1e-2, weight_decay=0.0)),
+                lambda s: _numel(s), lambda s: 0, dict(lr=1e-2, weight_decay=0.0), color="#bcbd22", order=30),
           lambda m, hp: _build_sgd(m, hp, 0.9), _common)
 _register(_info("adafactor", "Adafactor: factored second moment (row + column statistics), no momentum",
                 "torch.optim.Adafactor(foreach=True)", _adafactor_state, lambda s: _numel(s),
-                dict(lr=1e-2, beta2_decay=-0.8, eps=1e-3, d=1.0, weight_decay=0.0), scalar=4),
+                dict(lr=1e-2, beta2_decay=-0.8, eps=1e-3, d=1.0, weight_decay=0.0), scalar=4,
+                color="#9467bd", order=40),
           _build_adafactor, _validate_adafactor)
 _register(_info("lion", "Lion: sign of an interpolated momentum (one buffer per parameter)",
                 "lion_pytorch.Lion", lambda s: _numel(s), lambda s: 2 * _numel(s),
-                dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0), requires="lion-pytorch"),
+                dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0), requires="lion-pytorch",
+                color="#e377c2", order=60),
           _build_lion, _validate_lion)
 _register(_info("muon", "Muon (momentum + quintic Newton-Schulz) on hidden matrices, AdamW on the rest",
                 "HybridOptimizer(torch.optim.Muon + torch.optim.AdamW)",
                 lambda s: _numel(_matrix(s)), _muon_workspace,
-                dict(_HYBRID_DEFAULTS, momentum=0.95, nesterov=True, ns_steps=5), hybrid=True),
+                dict(_HYBRID_DEFAULTS, momentum=0.95, nesterov=True, ns_steps=5), hybrid=True,
+                parts=_muon_parts, color="#8c564b", order=50),
           lambda m, hp: _hybrid(m, hp, _muon_matrix), _validate_muon)
 _register(_info("swan", "SWAN: GradNorm + Newton-Schulz GradWhitening, stateless, on hidden matrices; "
                 "AdamW on the rest", "HybridOptimizer(optimizers.SWAN(newton-schulz) + torch.optim.AdamW)",
                 _swan_state, lambda s: swan_workspace_numel(_matrix(s), 10, "newton-schulz"),
-                dict(_STATELESS_DEFAULTS, steps=10, beta=0.8, batch_budget=None), hybrid=True),
+                dict(_STATELESS_DEFAULTS, steps=10, beta=0.8, batch_budget=None), hybrid=True,
+                whole_matrix=True, parts=_swan_parts, color="#d62728", order=70),
           lambda m, hp: _hybrid(m, hp, lambda p, h: _swan_matrix(p, h, "newton-schulz")), _validate_swan)
 _register(_info("swan-fast", "SWAN with NSDS (diagonal-substitution) whitening, b=0.4, k=2; AdamW on the rest",
                 "HybridOptimizer(optimizers.SWAN(diag) + torch.optim.AdamW)",
                 _swan_state, lambda s: swan_workspace_numel(_matrix(s), 2, "diag"),
-                dict(_STATELESS_DEFAULTS, steps=2, beta=0.4, batch_budget=None), hybrid=True),
+                dict(_STATELESS_DEFAULTS, steps=2, beta=0.4, batch_budget=None), hybrid=True,
+                whole_matrix=True, parts=_swan_fast_parts, color="#ff9896", order=80),
           lambda m, hp: _hybrid(m, hp, lambda p, h: _swan_matrix(p, h, "diag")), _validate_swan)
 _register(_info("sinkgd", "SinkGD: SR-Sinkhorn (L=5) normalised gradient, stateless, on hidden matrices; "
                 "AdamW on the rest", "HybridOptimizer(optimizers.SinkGD + torch.optim.AdamW)",
                 _swan_state, lambda s: sinkgd_workspace_numel(_matrix(s)),
-                dict(_STATELESS_DEFAULTS, iterations=5), hybrid=True),
+                dict(_STATELESS_DEFAULTS, iterations=5), hybrid=True,
+                parts=_sinkgd_parts, color="#2ca02c", order=90),
           lambda m, hp: _hybrid(m, hp, _sinkgd_matrix), _validate_sinkgd)
 
 
@@ -380,6 +462,15 @@ _register(_info("sinkgd", "SinkGD: SR-Sinkhorn (L=5) normalised gradient, statel
 def registered() -> list[str]:
     """Every registry name, including entries whose package is not installed here."""
     return sorted(_ENTRIES)
+
+
+def display_order(names: Sequence[str]) -> list[str]:
+    """Names in the registry's display order (`OptimizerInfo.order`); unregistered names follow, sorted."""
+    def key(name: str) -> tuple[int, str]:
+        entry = _ENTRIES.get(str(name).strip().lower())
+        return (entry.info.order if entry else 10**9, str(name))
+
+    return sorted(dict.fromkeys(names), key=key)
 
 
 def _installed(entry: _Entry) -> bool:

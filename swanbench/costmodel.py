@@ -17,68 +17,17 @@ convention the 1.3B / k = 10 / 131k-token whitening share comes out at ~9%, the 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from optimizers.costs import (grad_norm_flops, matmul_flops, muon_quintic_flops, newton_schulz_diag_flops,  # noqa: F401
+                             newton_schulz_executed_flops, newton_schulz_flops, sr_sinkhorn_flops,
+                             whiten_exact_flops)
 
 # Tokens per optimizer step in the GaLore protocol both papers use: 512 sequences x 256 tokens.
 PAPER_TOKENS_PER_STEP = 512 * 256
 
 DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
-
-
-def _sides(rows: int, cols: int) -> tuple[int, int]:
-    """(short side, long side) of a rows x cols matrix."""
-    return min(rows, cols), max(rows, cols)
-
-
-def grad_norm_flops(rows: int, cols: int) -> int:
-    """Row standardisation: mean (1), subtract (1), square+sum (2), divide (1) per entry = 5*m*n."""
-    return 5 * rows * cols
-
-
-def newton_schulz_flops(rows: int, cols: int, steps: int) -> int:
-    """Coupled Newton-Schulz whitening: Gram 2*s^2*l + k steps of three s x s products 6*k*s^3 + Z G 2*s^2*l."""
-    s, l = _sides(rows, cols)
-    return 4 * s * s * l + 6 * steps * s ** 3
-
-
-def newton_schulz_executed_flops(rows: int, cols: int, steps: int) -> int:
-    """What optimizers.functional.grad_whiten really multiplies: it skips the products known in closed form
-    (Z0 = I in step 1, no Y update in the last step), 3k - 3 s x s products instead of 3k (k >= 2)."""
-    s, l = _sides(rows, cols)
-    return 4 * s * s * l + 2 * s ** 3 * (3 * steps - 3 if steps >= 2 else 0)
-
-
-def newton_schulz_diag_flops(rows: int, cols: int, steps: int) -> int:
-    """Diagonal-substitution Newton-Schulz (NSDS): the Gram and the final product dominate (4*s^2*l).
-
-    Inside the loop only diagonals enter the products, so each step costs O(s^2) elementwise work; it is
-    counted as 4*s^2 per step (scale and subtract on an s x s matrix, twice).
-    """
-    s, l = _sides(rows, cols)
-    return 4 * s * s * l + 4 * steps * s * s
-
-
-def whiten_exact_flops(rows: int, cols: int) -> int:
-    """Float64 eigendecomposition whitening: Gram 2*s^2*l, symmetric eigh ~9*s^3 (tridiagonalisation +
-    eigenvectors, Golub & Van Loan), V diag V^T 2*s^3, final product 2*s^2*l."""
-    s, l = _sides(rows, cols)
-    return 4 * s * s * l + 11 * s ** 3
-
-
-def sr_sinkhorn_flops(rows: int, cols: int, iters: int) -> int:
-    """SR-Sinkhorn: each of L iterations squares, sums and scales along rows and columns, ~6*L*m*n."""
-    return 6 * iters * rows * cols
-
-
-def muon_quintic_flops(rows: int, cols: int, steps: int) -> int:
-    """Muon's quintic Newton-Schulz: per step A = X X^T (2*s^2*l), B = bA + cA^2 (2*s^3), BX (2*s^2*l)."""
-    s, l = _sides(rows, cols)
-    return steps * (4 * s * s * l + 2 * s ** 3)
-
-
-def matmul_flops(m: int, k: int, n: int) -> int:
-    """An (m x k) @ (k x n) product: 2*m*k*n."""
-    return 2 * m * k * n
 
 
 def ideal_bytes(rows: int, cols: int, dtype: str) -> int:
@@ -110,17 +59,46 @@ def forward_backward_flops(params: int, tokens: int = PAPER_TOKENS_PER_STEP) -> 
     return 6 * params * tokens
 
 
-# Per-step preprocessing of each optimizer, as (name, per-matrix flop function). SWAN is GradNorm then
-# GradWhitening (ALGORITHMS.md section 1); SinkGD is SR-Sinkhorn; Muon is listed for comparison.
-def optimizer_step_costs() -> Mapping[str, Callable[[int, int], int]]:
-    return {
-        "swan_b0.5_k6": lambda r, c: grad_norm_flops(r, c) + newton_schulz_flops(r, c, 6),
-        "swan_b0.8_k10": lambda r, c: grad_norm_flops(r, c) + newton_schulz_flops(r, c, 10),
-        "swan_nsds_b0.4_k2": lambda r, c: grad_norm_flops(r, c) + newton_schulz_diag_flops(r, c, 2),
-        "sinkgd_L5": lambda r, c: sr_sinkhorn_flops(r, c, 5),
-        "sinkgd_L1": lambda r, c: sr_sinkhorn_flops(r, c, 1),
-        "muon_k5": lambda r, c: muon_quintic_flops(r, c, 5),
-    }
+@dataclass(frozen=True)
+class StepConfig:
+    """One optimizer configuration whose per-step preprocessing cost is modelled (and benchmarked).
+
+    The operators and their flops come from the registry (`OptimizerInfo.step_parts`), so a new optimizer
+    declares its cost where it is registered; `hparams` picks a configuration (SWAN's b and k, say).
+    """
+
+    optimizer: str
+    hparams: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """"swan" for the defaults, "swan beta=0.5 steps=6" for another configuration."""
+        return " ".join([self.optimizer, *(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in self.hparams)])
+
+    def parts(self):
+        import optimizers
+
+        return optimizers.info(self.optimizer).step_parts(**dict(self.hparams))
+
+    def flops(self, rows: int, cols: int) -> int:
+        return sum(part.flops(rows, cols) for part in self.parts())
+
+
+def step_config(optimizer: str, **hparams: Any) -> StepConfig:
+    return StepConfig(optimizer, tuple(sorted(hparams.items())))
+
+
+# The configurations the kernel suite and the README report: SWAN's two public settings (b=0.5, k=6 and the
+# default b=0.8, k=10), its NSDS fast variant, SinkGD at L=5 (default) and L=1, and Muon for comparison.
+STEP_CONFIGS: tuple[StepConfig, ...] = (
+    step_config("swan", beta=0.5, steps=6),
+    step_config("swan"),
+    step_config("swan-fast"),
+    step_config("sinkgd"),
+    step_config("sinkgd", iterations=1),
+    step_config("muon"),
+)
 
 
 def whitening_share(shapes: list[tuple[int, int]], params: int, per_matrix: Callable[[int, int], int],

@@ -57,8 +57,6 @@ WORKSPACE_DTYPE_BYTES = 4
 # A hybrid routes everything that is not a hidden matrix here (embeddings, LM head, norm gains).
 HYBRID_REST_OPTIMIZER = "adamw"
 PARALLELISMS = ("ddp", "fsdp")
-# Matrix optimizers that need each hidden matrix whole on one rank (whitening), whatever the sharding.
-WHOLE_MATRIX_OPTIMIZERS = ("swan", "swan-fast")
 # FSDP2 keeps this many decoder layers unsharded at once: the one computing and the one prefetched.
 FSDP_GATHERED_LAYERS = 2
 
@@ -474,7 +472,8 @@ def estimate(model: str, optimizer: str, dtype: Any = "float32", batch_size: int
     dt = canonical_dtype(dtype)
     shards = world_size if parallelism == "fsdp" else 1
     groups = list(optimizer_groups(preset, optimizer, dt, info_of, shards))
-    if optimizer in WHOLE_MATRIX_OPTIMIZERS and groups and groups[0].name == "matrix":
+    # A matrix optimizer that whitens needs each hidden matrix whole on one rank (its registry entry says so).
+    if getattr(info_of(optimizer), "whole_matrix", False) and groups and groups[0].name == "matrix":
         extra = whole_matrix_extra_bytes(preset, parallelism, world_size)
         groups[0] = replace(groups[0], workspace_bytes=groups[0].workspace_bytes + extra)
     params = sum(g.params for g in groups)

@@ -38,11 +38,12 @@ def test_shape_counts_of_the_1b_preset():
 def test_paper_whitening_share_at_1b_is_about_nine_percent():
     """ALGORITHMS.md: k = 10 at 1.3B costs about 9% of a 131k-token step's training flops."""
     preset = PRESETS["1b"]
-    costs = cm.optimizer_step_costs()
-    share = cm.whitening_share(preset.hidden_matrix_shapes(), preset.param_count(), costs["swan_b0.8_k10"])
+    swan = cm.step_config("swan")  # the registry's defaults: b = 0.8, k = 10
+    assert dict(swan.hparams) == {} and [p.methods for p in swan.parts()] == [("rowwise",), ("ns-b0.8-k10",)]
+    share = cm.whitening_share(preset.hidden_matrix_shapes(), preset.param_count(), swan.flops)
     assert 0.085 < share < 0.095
     # SinkGD is memory-bound and orders of magnitude cheaper in flops
-    sink = cm.whitening_share(preset.hidden_matrix_shapes(), preset.param_count(), costs["sinkgd_L5"])
+    sink = cm.whitening_share(preset.hidden_matrix_shapes(), preset.param_count(), cm.step_config("sinkgd").flops)
     assert sink < share / 1000
 
 
@@ -62,3 +63,14 @@ def test_executed_newton_schulz_flops_skip_three_products():
     s, l = 8, 20
     assert cm.newton_schulz_executed_flops(s, l, 6) == cm.newton_schulz_flops(s, l, 6) - 3 * 2 * s**3
     assert cm.newton_schulz_executed_flops(l, s, 1) == 4 * s * s * l
+
+
+def test_step_configs_take_their_cost_from_the_registry():
+    """A configuration's flops are the sum of its registry step parts (GradNorm + whitening for SWAN)."""
+    r, c = 64, 176
+    assert cm.step_config("swan", beta=0.5, steps=6).flops(r, c) == \
+        cm.grad_norm_flops(r, c) + cm.newton_schulz_flops(r, c, 6)
+    assert cm.step_config("sinkgd", iterations=1).flops(r, c) == cm.sr_sinkhorn_flops(r, c, 1)
+    assert cm.step_config("adamw").flops(r, c) == 0  # no separable preprocessing
+    assert cm.step_config("swan", beta=0.5, steps=6).label == "swan beta=0.5 steps=6"
+    assert len({s.label for s in cm.STEP_CONFIGS}) == len(cm.STEP_CONFIGS)
