@@ -171,18 +171,24 @@ EXTRA_CELL_KEYS = {"seed", "tokens_per_step"}
 SETTABLE = (set(CELL_FIELDS) - {"hparams", "data"}) | EXTRA_CELL_KEYS
 
 
-def _fail(path: Path, key: str, problem: str) -> SuiteError:
+def fail(path: Path | str | None, key: str, problem: str) -> SuiteError:
+    """The one-line error of every suite kind: `file: key: problem`."""
     return SuiteError(f"{path}: {key}: {problem}")
 
 
+_fail = fail
 _did_you_mean = did_you_mean
 
 
-def _check_keys(path: Path, where: str, table: dict, allowed) -> None:
+def check_keys(path: Path | str | None, where: str, table: dict, allowed) -> None:
+    """Reject the first key of `table` not in `allowed`, with a did-you-mean (`where` prefixes the key)."""
     for key in table:
         if key not in allowed:
-            raise _fail(path, f"{where}{key}",
-                        f"unknown key{_did_you_mean(key, allowed)} (allowed: {', '.join(sorted(allowed))})")
+            raise fail(path, f"{where}{key}",
+                       f"unknown key{_did_you_mean(key, allowed)} (allowed: {', '.join(sorted(allowed))})")
+
+
+_check_keys = check_keys
 
 
 def parse_size(value: Any) -> int:
