@@ -20,9 +20,17 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from optimizers.costs import (grad_norm_flops, matmul_flops, muon_quintic_flops, newton_schulz_diag_flops,  # noqa: F401
-                             newton_schulz_executed_flops, newton_schulz_flops, sr_sinkhorn_flops,
-                             whiten_exact_flops)
+# The per-operator flop counts live beside the optimizers (pure arithmetic); re-exported for the kernel suite.
+from optimizers.costs import (grad_norm_flops, matmul_flops, muon_quintic_flops, newton_schulz_diag_flops,
+                              newton_schulz_executed_flops, newton_schulz_flops, sr_sinkhorn_flops,
+                              whiten_exact_flops)
+
+__all__ = [
+    "PAPER_TOKENS_PER_STEP", "DTYPE_BYTES", "StepConfig", "STEP_CONFIGS", "step_config", "ideal_bytes", "copy_bytes",
+    "shape_counts", "step_flops", "forward_backward_flops", "whitening_share", "grad_norm_flops", "matmul_flops",
+    "muon_quintic_flops", "newton_schulz_diag_flops", "newton_schulz_executed_flops", "newton_schulz_flops",
+    "sr_sinkhorn_flops", "whiten_exact_flops",
+]
 
 # Tokens per optimizer step in the GaLore protocol both papers use: 512 sequences x 256 tokens.
 PAPER_TOKENS_PER_STEP = 512 * 256

@@ -1,7 +1,7 @@
 """`fit`: the largest batch size that trains without running out of memory, found by measurement.
 
 For one (optimizer, model, seq_len, dtype, device) and a memory budget, every probe trains a few steps of
-the cell at one batch size in its own worker process (`python -m swanbench.worker RUN_DIR`, the harness's
+the cell at one batch size in its own worker process (`python -m swanbench.run.worker RUN_DIR`, the harness's
 own run machinery), so one probe's allocator state cannot help or hurt the next. The cell's
 `memory_budget` makes exceeding the budget an "oom" status: on CUDA a real out-of-memory error
 (`set_per_process_memory_fraction`), on CPU the process's peak RSS (VmHWM) checked after every step.
@@ -211,7 +211,8 @@ def budget_column(device: str) -> str:
 def run_probe(target: FitTarget, batch_size: int, out_dir: Path,
               estimate_at: Callable[[int], int | None]) -> Probe:
     """Train `target` at `batch_size` in a fresh worker process under the budget; the probe's outcome."""
-    from swanbench import runner
+    from swanbench import rundir, runner
+    from swanbench.launch import execute
     from swanbench.suite import Run, Suite
 
     cell = target.cell(batch_size)
@@ -221,9 +222,9 @@ def run_probe(target: FitTarget, batch_size: int, out_dir: Path,
     run_dir = Path(out_dir) / "probes" / f"b{batch_size}"
     runner.write_config(suite, run, run_dir)
     started = time.perf_counter()
-    status = runner.execute(run_dir, target.timeout_s)
+    status = execute(run_dir, target.timeout_s)
     seconds = time.perf_counter() - started
-    rows = runner.read_json_rows(run_dir / runner.ROW_FILE)
+    rows = rundir.read_rows(run_dir / rundir.ROW_FILE)
     row = rows[0] if rows else {}
     measured = row.get(budget_column(target.device))
     return Probe(batch_size=batch_size, status=status,

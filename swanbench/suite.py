@@ -15,6 +15,7 @@ Layout of a suite file::
     name = "quickstart"              # default: the file stem
     description = "..."
     kind = "train"                   # or "kernels" (validated by swanbench.kernels)
+    baseline = "adamw"               # the optimizer every verdict compares with (default adamw)
     [defaults]                       # any cell field
     [optimizers.<name>]              # hparams passed to optimizers.build(name, model, **hparams)
     [data]                           # source = "embedded" | "file" | "c4", ...
@@ -41,8 +42,13 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
-TOP_KEYS = {"name", "description", "kind", "defaults", "optimizers", "data", "matrix", "kernels"}
-KINDS = ("train", "kernels")
+# Suite kinds and the one table each kind other than "train" holds (validated by that kind's own loader,
+# `swanbench.kinds`); "train" suites are validated here.
+KIND_TABLES = {"train": None, "kernels": "kernels"}
+KINDS = tuple(KIND_TABLES)
+TOP_KEYS = {"name", "description", "kind", "baseline", "defaults", "optimizers", "data", "matrix",
+            *filter(None, KIND_TABLES.values())}
+DEFAULT_BASELINE = "adamw"
 DTYPES = ("float32", "bfloat16", "float16")
 DATA_SOURCES = ("embedded", "file", "c4")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -156,7 +162,9 @@ class Suite:
     cells: tuple[Cell, ...]
     seeds: tuple[int, ...]
     kernels: dict | None = None  # the raw [kernels] table of a kind="kernels" suite
+    tables: dict = field(default_factory=dict, compare=False)  # a non-train kind's raw table, by name
     optimizer_tables: dict = field(default_factory=dict, compare=False)  # the raw [optimizers.*] tables
+    baseline: str = DEFAULT_BASELINE  # the optimizer verdicts, tokens-to-target and Diff % compare with
 
     def runs(self) -> list[Run]:
         return [Run(c, s) for c in self.cells for s in self.seeds]
@@ -320,12 +328,13 @@ def load_suite(name_or_path: str | Path | None = None, *, check_names: bool = Tr
         raise _fail(path, "name", f"expected a simple name (letters, digits, - _ .), got {name!r}")
     kind = raw.get("kind", "train")
     if kind not in KINDS:
-        raise _fail(path, "kind", f"unknown kind {kind!r}{_did_you_mean(kind, KINDS)} (known: train, kernels)")
+        raise _fail(path, "kind", f"unknown kind {kind!r}{_did_you_mean(kind, KINDS)} (known: {', '.join(KINDS)})")
     description = str(raw.get("description", ""))
-    if kind == "kernels":
-        return _load_kernel_suite(path, raw, name, description)
-    if "kernels" in raw:
-        raise _fail(path, "kernels", "only allowed in a suite with kind = \"kernels\"")
+    if KIND_TABLES[kind] is not None:
+        return _load_table_suite(path, raw, name, description, kind)
+    for other in filter(None, KIND_TABLES.values()):
+        if other in raw:
+            raise _fail(path, other, f"only allowed in a suite with kind = \"{other}\"")
     suite = _load_train_suite(path, raw, name, description)
     if check_names:
         check_names_and_models(suite)
@@ -338,15 +347,18 @@ def check_names_and_models(suite: Suite) -> None:
     _check_cells(suite.path, suite.cells)
 
 
-def _load_kernel_suite(path: Path, raw: dict, name: str, description: str) -> Suite:
-    extra = set(raw) - {"name", "description", "kind", "kernels"}
+def _load_table_suite(path: Path, raw: dict, name: str, description: str, kind: str) -> Suite:
+    """A suite of a kind that holds one table named after the kind (`[kernels]`), validated by its kind."""
+    table_key = KIND_TABLES[kind]
+    extra = set(raw) - {"name", "description", "kind", table_key}
     if extra:
         key = sorted(extra)[0]
-        raise _fail(path, key, "not allowed in a kind = \"kernels\" suite (only [kernels])")
-    table = raw.get("kernels")
+        raise _fail(path, key, f"not allowed in a kind = \"{kind}\" suite (only [{table_key}])")
+    table = raw.get(table_key)
     if not isinstance(table, dict):
-        raise _fail(path, "kernels", "a kind = \"kernels\" suite needs a [kernels] table")
-    return Suite(name, path, description, "kernels", (), (), kernels=table)
+        raise _fail(path, table_key, f"a kind = \"{kind}\" suite needs a [{table_key}] table")
+    return Suite(name, path, description, kind, (), (), kernels=table if kind == "kernels" else None,
+                 tables={table_key: table})
 
 
 def _table(path: Path, raw: dict, key: str) -> dict:
@@ -376,7 +388,21 @@ def _load_train_suite(path: Path, raw: dict, name: str, description: str) -> Sui
         raise _fail(path, "matrix.seed", "repeated seeds")
     # dict.fromkeys: the 1-rank cells of a parallelism axis coincide (one rank has no parallelism)
     cells = tuple(dict.fromkeys(_expand(path, defaults, axes, opt_tables, data)))
-    return Suite(name, path, description, "train", cells, tuple(seeds), optimizer_tables=opt_tables)
+    baseline = _load_baseline(path, raw, cells)
+    return Suite(name, path, description, "train", cells, tuple(seeds), optimizer_tables=opt_tables,
+                 baseline=baseline)
+
+
+def _load_baseline(path: Path, raw: dict, cells: tuple[Cell, ...]) -> str:
+    """The suite's baseline optimizer: given, it must be one the suite runs; default adamw (if it runs)."""
+    names = sorted({c.optimizer for c in cells})
+    if "baseline" not in raw:
+        return DEFAULT_BASELINE
+    value = raw["baseline"]
+    if not isinstance(value, str) or value not in names:
+        raise _fail(path, "baseline", f"{value!r} is not an optimizer this suite runs{_did_you_mean(value, names)}"
+                    f" (runs: {', '.join(names)})")
+    return value
 
 
 def _load_data(path: Path, table: dict) -> DataSpec:

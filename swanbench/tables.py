@@ -1,4 +1,4 @@
-"""The result tables: their columns, atomic writing, and validated reading.
+"""The result tables on disk: atomic writing, and validated reading (their columns: `swanbench.schema`).
 
 Every table is tidy CSV (one row per observation, units in column names: bytes, ms, tokens).
 A value a device cannot give is left empty, never written as zero. Tables are written once per run
@@ -16,32 +16,8 @@ from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-# Renaming or removing a column bumps this; adding one does not.
-SCHEMA_VERSION = 1
-
-RUN_IDENTITY = [
-    "schema_version", "suite", "run_id", "cell_id", "optimizer", "model", "params", "device",
-    "device_name", "world_size", "dtype", "seq_len", "batch_size", "seed", "status",
-    "swanbench_version", "torch_version",
-]
-RUN_MEASURES = [
-    "param_bytes", "grad_bytes", "optimizer_state_bytes", "peak_allocated_bytes", "peak_reserved_bytes",
-    "nvml_peak_bytes", "peak_rss_bytes", "step_transient_bytes", "step_ms", "forward_backward_ms",
-    "optimizer_step_ms", "whitening_ms", "tokens_per_s", "final_eval_loss", "final_eval_ppl",
-    "tokens_to_target",
-]
-RUNS_COLUMNS = RUN_IDENTITY + RUN_MEASURES
-
-CURVE_MEASURES = ["run_id", "step", "tokens", "train_seconds", "train_loss", "eval_loss", "eval_ppl", "lr"]
-# Curves carry the run's identity so a plot needs no join.
-CURVES_COLUMNS = CURVE_MEASURES + [c for c in RUN_IDENTITY if c != "run_id"]
-
-KERNELS_COLUMNS = [
-    "operator", "method", "rows", "cols", "dtype", "device", "device_name", "steps", "ms_median",
-    "ms_iqr", "flops", "tflops", "peak_bytes", "rel_error",
-]
-
-RUNS_FILE, CURVES_FILE, KERNELS_FILE = "runs.csv", "curves.csv", "kernels.csv"
+from swanbench import schema
+from swanbench.schema import RUNS_FILE, SCHEMA_VERSION
 
 
 class TableError(ValueError):
@@ -103,13 +79,53 @@ def read_table(path: Path, required: Iterable[str] = ()) -> pd.DataFrame:
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise TableError(f"{path}: missing column(s) {', '.join(missing)} (schema changed or wrong file?)")
-    if "schema_version" in frame.columns and len(frame):
-        versions = set(frame["schema_version"].dropna().astype(int))
-        if versions - {SCHEMA_VERSION}:
-            raise TableError(
-                f"{path}: schema_version {sorted(versions)} but this swanbench reads {SCHEMA_VERSION}"
-            )
+    return upgrade(frame, path)
+
+
+def _versions(frame: pd.DataFrame, path: Path) -> set[int]:
+    try:
+        values = pd.to_numeric(frame["schema_version"].dropna(), errors="raise")
+    except (ValueError, TypeError):
+        raise TableError(f"{path}: schema_version is not a number") from None
+    if not all(float(v).is_integer() for v in values):
+        raise TableError(f"{path}: schema_version is not an integer")
+    return {int(v) for v in values}
+
+
+def upgrade(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A table of an older schema in today's shape, or TableError for a newer (unknown) one.
+
+    Version 1 runs.csv tables held the per-rank rows of multi-rank runs beside their `rank = "max"` row:
+    one row per run is kept (the per-rank rows belong in ranks.csv) and `rank` is dropped.
+    """
+    if "schema_version" not in frame.columns or not len(frame):
+        return frame
+    versions = _versions(frame, path)
+    newer = sorted(v for v in versions if v > SCHEMA_VERSION or v < 1)
+    if newer:
+        raise TableError(f"{path}: schema_version {newer} but this swanbench reads 1 to {SCHEMA_VERSION}")
+    if versions == {1} and "rank" in frame.columns and path.name == RUNS_FILE:
+        frame = one_row_per_run(frame)
     return frame
+
+
+def one_row_per_run(frame: pd.DataFrame) -> pd.DataFrame:
+    """A version-1 runs.csv with per-rank rows: each run's `rank = "max"` row where it has one; else its
+    ranks' rows combined as the catalogue says (memory and time the maximum over ranks, throughput the
+    minimum, the rest rank 0's). The `rank` column is dropped."""
+    if "run_id" not in frame.columns:
+        return frame.drop(columns=["rank"])
+    rank = frame["rank"].astype(str)
+    with_max = set(frame.loc[rank == "max", "run_id"])
+    summary = frame[(rank == "max") | frame["rank"].isna()]
+    ranks = frame[~frame["run_id"].isin(with_max) & frame["rank"].notna() & (rank != "max")]
+    if len(ranks):
+        grouped = ranks.sort_values("rank", kind="stable").groupby("run_id", sort=False)
+        how = {c: ("max" if schema.rank_aggregate(c) == "max" and pd.api.types.is_numeric_dtype(ranks[c]) else
+                   "min" if schema.rank_aggregate(c) == "min" and pd.api.types.is_numeric_dtype(ranks[c]) else
+                   "first") for c in ranks.columns if c != "run_id"}
+        summary = pd.concat([summary, grouped.agg(how).reset_index()], ignore_index=True)
+    return summary.drop(columns=["rank"]).reset_index(drop=True)
 
 
 def concat_tables(paths: Iterable[Path], columns: Sequence[str]) -> list[dict]:

@@ -8,10 +8,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from swanbench import check as gate
+from swanbench.analysis import check as gate
 from swanbench import cli
 from swanbench.commands.check import check as check_command
-from swanbench.tables import RUN_MEASURES, RUNS_COLUMNS, RUNS_FILE, SCHEMA_VERSION, write_rows_atomic
+from swanbench.schema import RUN_MEASURES, RUNS_COLUMNS, RUNS_FILE, SCHEMA_VERSION
+from swanbench.tables import write_rows_atomic
 
 MB = 1 << 20
 # Optimizer times are judged as ratios to AdamW's whole training step (the table's metric names).

@@ -1,5 +1,5 @@
 """Multi-process cells end to end on CPU (gloo): 2-rank DDP and FSDP2 cells of the nano model under torchrun,
-for SWAN and SinkGD, equal to the 1-rank run; per-rank rows plus the max row in runs.csv.
+for SWAN and SinkGD, equal to the 1-rank run; one row per run in runs.csv, the ranks' rows in ranks.csv.
 
 Comparable by construction (docs/distributed.md, data sharding): the 1-rank run trains on batches of
 4 sequences; a 2-rank run draws the same global batch of 2 x 2 from the same seeded stream and each rank
@@ -11,9 +11,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from swanbench import distributed as D
 from swanbench import estimate as est
-from swanbench import runner
+from swanbench import rundir, runner
+from swanbench.launch import worker_command
 from swanbench.suite import SuiteError, load_suite
 
 SUITE = """
@@ -60,12 +60,9 @@ def results(tmp_path_factory, text_corpus):
         outcome = runner.run_suite(load_suite(path), root / name, progress=False)
         assert set(outcome.statuses.values()) == {"ok"}, (root / name)
         out[name] = (pd.read_csv(root / name / "runs.csv"), pd.read_csv(root / name / "curves.csv"))
+        out[f"{name}_ranks"] = root / name / "ranks.csv"
     out["dirs"] = {"single": root / "single", "multi": root / "multi"}
     return out
-
-
-def _summary(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[runs["rank"].astype(str) == D.MAX_RANK]
 
 
 @pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
@@ -73,8 +70,8 @@ def _summary(runs: pd.DataFrame) -> pd.DataFrame:
 def test_two_ranks_equal_one_rank(results, optimizer, parallelism):
     single_runs, single_curves = results["single"]
     multi_runs, multi_curves = results["multi"]
-    ref = _summary(single_runs).set_index("optimizer").loc[optimizer]
-    multi = _summary(multi_runs)
+    ref = single_runs.set_index("optimizer").loc[optimizer]
+    multi = multi_runs
     row = multi[(multi["optimizer"] == optimizer) & (multi["parallelism"] == parallelism)].iloc[0]
     assert row["final_eval_loss"] == pytest.approx(ref["final_eval_loss"], rel=REL)
     assert row["final_eval_loss_galore"] == pytest.approx(ref["final_eval_loss_galore"], rel=REL)
@@ -89,28 +86,39 @@ def test_two_ranks_equal_one_rank(results, optimizer, parallelism):
     assert f"optimizers.distributed.{variant}(" in row["optimizer_impl"]
 
 
-def test_runs_table_has_one_row_per_rank_and_a_max_row(results):
+def test_runs_table_has_one_row_per_run_and_ranks_table_one_per_rank(results):
     multi_runs, _ = results["multi"]
-    single_runs, _ = results["single"]
-    assert set(single_runs["rank"].astype(str)) == {D.MAX_RANK}  # one rank: only the summary row
-    for run_id, rows in multi_runs.groupby("run_id"):
+    assert not results["single_ranks"].exists()  # one rank: no per-rank table
+    assert "rank" not in multi_runs.columns and not multi_runs["run_id"].duplicated().any()
+    ranks = pd.read_csv(results["multi_ranks"])
+    for run_id, rows in ranks.groupby("run_id"):
         rows = rows.assign(rank=rows["rank"].astype(str)).set_index("rank")
-        assert sorted(rows.index) == ["0", "1", D.MAX_RANK]
-        top, ranks = rows.loc[D.MAX_RANK], rows.loc[["0", "1"]]
+        assert sorted(rows.index) == ["0", "1"]
+        top = multi_runs.set_index("run_id").loc[run_id]
         assert top["ranks_reported"] == 2 and (rows["world_size"] == 2).all()
         for column in ("peak_rss_bytes", "param_bytes", "step_ms", "forward_backward_ms", "comm_ms"):
-            assert top[column] == ranks[column].max(), column
-        assert top["tokens_per_s"] == ranks["tokens_per_s"].min()
+            assert top[column] == rows[column].max(), column
+        assert top["tokens_per_s"] == rows["tokens_per_s"].min()
         # the optimizers' collectives were timed on every rank (and are part of the optimizer step)
-        assert (ranks["comm_ms"] > 0).all() and (ranks["comm_ms"] <= ranks["optimizer_step_ms"]).all()
-        assert (ranks["peak_rss_bytes"] > 0).all()
+        assert (rows["comm_ms"] > 0).all() and (rows["comm_ms"] <= rows["optimizer_step_ms"]).all()
+        assert (rows["peak_rss_bytes"] > 0).all()
+
+
+def test_report_keeps_ddp_and_fsdp_apart(results):
+    """A DDP run and an FSDP run of the same model are two cells, never one cell with "n 2/2" seed spread."""
+    from swanbench.analysis.report import write_report
+
+    text = write_report(results["dirs"]["multi"]).read_text()
+    glance = text.split("### At a glance", 1)[1].split("###", 1)[0]
+    rows = [line for line in glance.splitlines() if line.startswith("| nano")]
+    assert len(rows) == 4  # (ddp, fsdp) x (swan, sinkgd)
+    assert all("| 1/1 |" in line for line in rows) and {"ddp" in line for line in rows} == {True, False}
 
 
 def test_per_rank_parameter_bytes_follow_the_sharding(results):
     """FSDP: each rank holds half the rows of every tensor (the estimator's per-rank number); DDP: all."""
-    multi_runs, _ = results["multi"]
-    single = _summary(results["single"][0]).set_index("optimizer")
-    ranks = multi_runs[multi_runs["rank"].astype(str) != D.MAX_RANK]
+    single = results["single"][0].set_index("optimizer")
+    ranks = pd.read_csv(results["multi_ranks"])
     for (optimizer, parallelism), rows in ranks.groupby(["optimizer", "parallelism"]):
         full = single.loc[optimizer, "param_bytes"]
         if parallelism == "ddp":
@@ -124,8 +132,8 @@ def test_per_rank_parameter_bytes_follow_the_sharding(results):
             assert (rows["optimizer_state_bytes"] < single.loc[optimizer, "optimizer_state_bytes"] * 0.6).all()
 
 
-def test_check_judges_one_summary_row_per_run(results):
-    """`swanbench check` on a table with per-rank rows compares the max rows (no duplicate-identity error)."""
+def test_check_judges_one_row_per_run(results):
+    """`swanbench check` on a multi-rank results set compares one row per run (no duplicate-identity error)."""
     from typer.testing import CliRunner
 
     from swanbench.cli import app
@@ -154,21 +162,21 @@ def test_world_size_validation(write_suite, tiny_suite_text):
     assert {c.tokens_per_step for c in suite.cells} == {2 * 32, 2 * 2 * 32}
 
 
-def test_max_row_takes_the_worst_status_and_names_missing_ranks():
+def test_combined_row_takes_the_worst_status_and_names_missing_ranks():
     rows = [{"rank": "0", "status": "ok", "step_ms": 5.0, "peak_rss_bytes": 10, "tokens_per_s": 100.0,
              "final_eval_loss": 3.0},
             {"rank": "1", "status": "oom", "step_ms": 7.0, "peak_rss_bytes": 30, "tokens_per_s": 80.0,
              "final_eval_loss": None, "error": "MemoryBudgetExceeded: ..."}]
-    top = D.max_row(rows, 3)
-    assert top["status"] == "oom" and top["rank"] == D.MAX_RANK and top["ranks_reported"] == 2
+    top = rundir.combined_row(rows, 3)
+    assert top["status"] == "oom" and "rank" not in top and top["ranks_reported"] == 2
     assert (top["step_ms"], top["peak_rss_bytes"], top["tokens_per_s"]) == (7.0, 30, 80.0)
     assert top["final_eval_loss"] == 3.0  # rank 0's
     assert "rank 1: MemoryBudgetExceeded" in top["error"] and "1 of 3 ranks wrote no row" in top["error"]
-    assert D.worst_status(["ok", "ok"]) == "ok" and D.worst_status(["ok", None]) == "crashed"
+    assert rundir.worst_status(["ok", "ok"]) == "ok" and rundir.worst_status(["ok", None]) == "crashed"
 
 
 def test_worker_command_uses_torchrun_for_more_than_one_rank():
-    assert D.worker_command(1)[-2:] == ["-m", "swanbench.worker"]
-    cmd = D.worker_command(4)
+    assert worker_command(1)[-2:] == ["-m", "swanbench.run.worker"]
+    cmd = worker_command(4)
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"]
-    assert cmd[cmd.index("--nproc-per-node") + 1] == "4" and cmd[-2:] == ["-m", "swanbench.worker"]
+    assert cmd[cmd.index("--nproc-per-node") + 1] == "4" and cmd[-2:] == ["-m", "swanbench.run.worker"]

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from swanbench import executors
 from swanbench.cli import app
+from swanbench.launch import cluster as executors
 from swanbench.suite import Cell
 
 

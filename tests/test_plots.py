@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from swanbench.report import Results, load_results
-from swanbench.tables import CURVES_COLUMNS, KERNELS_COLUMNS, RUNS_COLUMNS, write_rows_atomic
+from swanbench.analysis.results import Results, load_results
+from swanbench.schema import CURVES_COLUMNS, KERNELS_COLUMNS, RUNS_COLUMNS, SCHEMA_VERSION
+from swanbench.tables import write_rows_atomic
 
 MODELS = {"nano": 1_000_000, "micro": 4_000_000}
 STATE_PER_PARAM = {"adamw": 8, "swan": 0, "sinkgd": 0, "myopt": 4}  # bytes of optimizer state per parameter
@@ -22,7 +23,7 @@ def run_row(opt: str, model: str, seed: int, status: str = "ok", device: str = "
     params = MODELS[model]
     ok = status == "ok"
     return {
-        "schema_version": 1, "suite": "synthetic", "run_id": f"{opt}-{model}-{device}-{seed}",
+        "schema_version": SCHEMA_VERSION, "suite": "synthetic", "run_id": f"{opt}-{model}-{device}-{seed}",
         "cell_id": f"{opt}-{model}-{device}", "optimizer": opt, "model": model, "params": params,
         "device": device, "device_name": "test cpu", "world_size": 1, "dtype": "float32", "seq_len": 64,
         "batch_size": 4, "seed": seed, "status": status, "swanbench_version": "0.1.0",
@@ -94,7 +95,7 @@ def write_synthetic(root: Path, *, optimizers=("adamw", "swan", "sinkgd"), seeds
 
 
 def _context(root: Path):
-    from swanbench.plots import Context, optimizer_colors
+    from swanbench.analysis.plots import Context, optimizer_colors
 
     results = load_results(root)
     return Context(results, optimizer_colors(sorted(set(results.runs["optimizer"]))), "adamw")
@@ -104,20 +105,23 @@ def _context(root: Path):
 
 
 def test_optimizer_colours_fixed_and_fallback_distinct():
-    from swanbench.plots import OPTIMIZER_COLORS, optimizer_colors
+    import optimizers
+    from swanbench.analysis.plots import optimizer_colors
 
     a = optimizer_colors(["swan", "adamw", "zeta", "alpha"])
     b = optimizer_colors(["SWAN", "sinkgd"])
-    assert a["swan"] == b["SWAN"] == OPTIMIZER_COLORS["swan"]
-    assert a["adamw"] == OPTIMIZER_COLORS["adamw"]
-    # Unknown names: distinct colours, none taken from the fixed mapping, same whatever order they came in.
+    assert a["swan"] == b["SWAN"] == optimizers.info("swan").color  # each optimizer's registry entry
+    assert a["adamw"] == optimizers.info("adamw").color
+    registered = {optimizers.info(n).color for n in optimizers.registered()}
+    assert len(registered) == len(optimizers.registered())  # every registered optimizer has its own colour
+    # Unknown names: distinct colours, none taken from the registry, same whatever order they came in.
     assert a["alpha"] != a["zeta"]
-    assert {a["alpha"], a["zeta"]}.isdisjoint(OPTIMIZER_COLORS.values())
+    assert {a["alpha"], a["zeta"]}.isdisjoint(registered)
     assert optimizer_colors(["zeta", "alpha"]) == {"alpha": a["alpha"], "zeta": a["zeta"]}
 
 
 def test_pareto_front_keeps_only_non_dominated_points():
-    from swanbench.plots import pareto_front
+    from swanbench.analysis.plots import pareto_front
 
     points = [(1.0, 50.0), (2.0, 40.0), (2.5, 45.0), (3.0, 39.0), (0.5, 80.0)]
     assert pareto_front(points) == [(0.5, 80.0), (1.0, 50.0), (2.0, 40.0), (3.0, 39.0)]
@@ -127,7 +131,7 @@ def test_pareto_front_keeps_only_non_dominated_points():
 
 
 def test_memory_stack_derives_other_from_peak_when_activations_unmeasured(tmp_path):
-    from swanbench.plots import memory_stack
+    from swanbench.analysis.plots import memory_stack
 
     ctx = _context(write_synthetic(tmp_path))
     runs = ctx.results.runs
@@ -140,7 +144,7 @@ def test_memory_stack_derives_other_from_peak_when_activations_unmeasured(tmp_pa
 
 
 def test_memory_stack_uses_profiler_activations_when_present(tmp_path):
-    from swanbench.plots import memory_stack
+    from swanbench.analysis.plots import memory_stack
 
     ctx = _context(write_synthetic(tmp_path))
     rows = ctx.results.runs.assign(activation_peak_bytes=123 * MIB)
@@ -157,7 +161,7 @@ def test_memory_stack_uses_profiler_activations_when_present(tmp_path):
 
 
 def test_memory_figure_says_units_and_marks_failed_run(tmp_path):
-    from swanbench.plots import plot_memory
+    from swanbench.analysis.plots import plot_memory
 
     fig = plot_memory(_context(write_synthetic(tmp_path)))
     labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
@@ -169,7 +173,7 @@ def test_memory_figure_says_units_and_marks_failed_run(tmp_path):
 
 
 def test_time_figure_splits_whitening_out_of_the_step(tmp_path):
-    from swanbench.plots import plot_time, time_split
+    from swanbench.analysis.plots import plot_time, time_split
 
     ctx = _context(write_synthetic(tmp_path))
     runs = ctx.results.runs
@@ -181,7 +185,7 @@ def test_time_figure_splits_whitening_out_of_the_step(tmp_path):
 
 
 def test_kernels_figure_draws_machine_limits_log_log(tmp_path):
-    from swanbench.plots import plot_kernels
+    from swanbench.analysis.plots import plot_kernels
 
     fig = plot_kernels(_context(write_synthetic(tmp_path)))
     # One column per input dtype, one row per measure, all log-log.
@@ -195,7 +199,7 @@ def test_kernels_figure_draws_machine_limits_log_log(tmp_path):
 def test_kernels_figure_reads_machine_csv_and_skips_skipped_rows(tmp_path):
     import pandas as pd
 
-    from swanbench.plots import kernel_rows, plot_kernels
+    from swanbench.analysis.plots import kernel_rows, plot_kernels
 
     root = write_synthetic(tmp_path)
     # The layout swanbench.kernels writes: limits in machine.csv, compile as eager/compiled, skipped rows.
@@ -218,7 +222,7 @@ def test_kernels_figure_reads_machine_csv_and_skips_skipped_rows(tmp_path):
 def test_perplexity_figure_has_band_target_and_baseline(tmp_path):
     from matplotlib.collections import PolyCollection
 
-    from swanbench.plots import plot_perplexity
+    from swanbench.analysis.plots import plot_perplexity
 
     fig = plot_perplexity(_context(write_synthetic(tmp_path)))
     ax = fig.axes[0]
@@ -234,7 +238,7 @@ def test_perplexity_figure_has_band_target_and_baseline(tmp_path):
 def test_one_seed_draws_no_band(tmp_path):
     from matplotlib.collections import PolyCollection
 
-    from swanbench.plots import plot_perplexity
+    from swanbench.analysis.plots import plot_perplexity
 
     fig = plot_perplexity(_context(write_synthetic(tmp_path, seeds=(0,), failed=False)))
     assert not any(isinstance(c, PolyCollection) for ax in fig.axes for c in ax.collections)
@@ -242,7 +246,7 @@ def test_one_seed_draws_no_band(tmp_path):
 
 
 def test_pareto_figure_lists_what_it_cannot_place(tmp_path):
-    from swanbench.plots import plot_pareto
+    from swanbench.analysis.plots import plot_pareto
 
     fig = plot_pareto(_context(write_synthetic(tmp_path, optimizers=("adamw", "swan"))))
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
@@ -256,7 +260,7 @@ def test_pareto_figure_lists_what_it_cannot_place(tmp_path):
 def test_plot_results_writes_every_figure_in_each_format(tmp_path):
     from matplotlib.image import imread
 
-    from swanbench.plots import plot_results
+    from swanbench.analysis.plots import plot_results
 
     paths = plot_results(write_synthetic(tmp_path / "res"))
     names = sorted(p.name for p in paths)
@@ -270,12 +274,12 @@ def test_plot_results_writes_every_figure_in_each_format(tmp_path):
 
 
 def test_missing_columns_and_tables_skip_with_reason(tmp_path, caplog):
-    from swanbench.plots import draw_figures
+    from swanbench.analysis.plots import draw_figures
 
     root = write_synthetic(tmp_path, kernels=False,
                            drop=("status", "whitening_ms", "forward_backward_ms", "optimizer_step_ms",
                                  "final_eval_ppl", "tokens_to_target", "train_seconds", "eval_ppl", "params"))
-    with caplog.at_level(logging.INFO, logger="swanbench.plots"):
+    with caplog.at_level(logging.INFO, logger="swanbench.analysis.plots"):
         done = draw_figures(root, formats=("png",))
     assert sorted(p.stem for p in done.paths) == ["memory", "perplexity", "time"]
     assert done.skipped["kernels"] == "no kernels.csv"
@@ -284,7 +288,7 @@ def test_missing_columns_and_tables_skip_with_reason(tmp_path, caplog):
 
 
 def test_only_curves_table(tmp_path):
-    from swanbench.plots import draw_figures
+    from swanbench.analysis.plots import draw_figures
 
     write_synthetic(tmp_path, kernels=False)
     draw_figures(tmp_path, formats=("pdf",), only=("memory",))
@@ -296,7 +300,7 @@ def test_only_curves_table(tmp_path):
 
 
 def test_bad_format_and_empty_directory_are_clear_errors(tmp_path):
-    from swanbench.plots import plot_results
+    from swanbench.analysis.plots import plot_results
     from swanbench.tables import TableError
 
     with pytest.raises(TableError, match="no runs.csv, curves.csv or kernels.csv"):
@@ -323,7 +327,7 @@ def test_plot_command(tmp_path):
 def test_publish_writes_figures_report_and_command(tmp_path):
     import pandas as pd
 
-    from swanbench.plots import publish
+    from swanbench.analysis.publish import publish_suite
 
     root = write_synthetic(tmp_path, kernels=False)
     # The harness writes curve rows during a run, without a status: it comes from runs.csv by run_id.
@@ -335,19 +339,20 @@ def test_publish_writes_figures_report_and_command(tmp_path):
         def print(self, text: str) -> None:
             printed.append(text)
 
-    done, report = publish(root, Console(), command="swanbench run suites/quickstart.toml", formats=("png",))
+    done = publish_suite(root, Console(), command="swanbench run suites/quickstart.toml", formats=("png",))
+    done, report = done["figures"], done["report"]
     assert (root / "command.txt").read_text() == "swanbench run suites/quickstart.toml\n"
     assert len(done.paths) == 4 and done.skipped == {"kernels": "no kernels.csv"}
     text = report.read_text()
     assert "swanbench run suites/quickstart.toml" in text and "![time](figures/time.png)" in text
     assert "no status column" not in text  # curves took their status from runs.csv
-    assert printed[-1] == f"report: {report}" and "kernels skipped (no kernels.csv)" in printed[0]
+    assert printed[-1].endswith(f"report: {report}") and "kernels skipped (no kernels.csv)" in printed[-1]
 
 
 def test_machine_limits_prefer_the_per_row_peaks(tmp_path):
     import pandas as pd
 
-    from swanbench.plots import machine_limits
+    from swanbench.analysis.plots import machine_limits
 
     root = write_synthetic(tmp_path)
     kernels = pd.read_csv(root / "kernels.csv").assign(matmul_tflops_peak=2.0, copy_gbps_peak=30.0,

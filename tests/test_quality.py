@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from swanbench import quality
-from swanbench.quality import (
+from swanbench.analysis import quality
+from swanbench.analysis.quality import (
     annotate_tokens_to_target, compare, decide, mean_interval, seed_summary, speedup_verdict,
     t_quantile, tokens_to_target,
 )

@@ -9,9 +9,8 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from swanbench.report import (
-    Summary, diff_percent, load_results, optimizer_order, summarise, write_report,
-)
+from swanbench.analysis.report import Summary, diff_percent, summarise, write_report
+from swanbench.analysis.results import load_results, optimizer_order
 from test_plots import write_synthetic  # the synthetic results directory both test files draw from
 
 
@@ -115,7 +114,7 @@ def test_report_without_baseline_says_so(tmp_path):
 
 
 def test_report_links_figures_drawn_before(tmp_path):
-    from swanbench.plots import draw_figures
+    from swanbench.analysis.plots import draw_figures
 
     root = write_synthetic(tmp_path)
     draw_figures(root, formats=("png",), only=("memory", "pareto"))
@@ -154,23 +153,24 @@ def test_tokens_to_target_derived_from_curves_when_runs_lack_it(tmp_path):
     assert "### Effective speedup over the baseline" in text
 
 
-def test_distributed_rows_collapse_to_one_per_run(tmp_path):
+def test_a_version_1_table_with_per_rank_rows_reads_as_one_row_per_run(tmp_path):
+    """Schema 1 kept per-rank rows in runs.csv (schema 2 puts them in ranks.csv): reading upgrades it."""
     root = write_synthetic(tmp_path, optimizers=("adamw",), failed=False, kernels=False)
-    runs = pd.read_csv(root / "runs.csv")
+    runs = pd.read_csv(root / "runs.csv").assign(schema_version=1)
     ranks = pd.concat([runs.assign(rank=0), runs.assign(rank=1, peak_rss_bytes=runs["peak_rss_bytes"] + 2**30)])
     ranks.to_csv(root / "runs.csv", index=False)
     results = load_results(root)
     assert len(results.runs) == len(runs)  # seeds are counted once, not once per rank
     assert (results.runs["peak_rss_bytes"].to_numpy() == runs["peak_rss_bytes"].to_numpy() + 2**30).all()
-    assert any("one row per rank" in n for n in results.notes)
-    # swanbench.distributed's combined row (rank = "max") is taken as it is when present.
+    assert "rank" not in results.runs.columns
+    # The combined row (rank = "max") is taken as it is when present.
     combined = runs.assign(rank="max", peak_rss_bytes=123)
     pd.concat([combined, ranks]).to_csv(root / "runs.csv", index=False)
     assert (load_results(root).runs["peak_rss_bytes"] == 123).all()
 
 
 def test_glance_peak_memory_per_device_with_own_units(tmp_path):
-    from swanbench.report import fmt_bytes
+    from swanbench.analysis.report import fmt_bytes
 
     assert [fmt_bytes(v) for v in (0, 1536, 85.3 * 2**20, 3.91 * 2**30)] == ["0 B", "1.5 KiB", "85.3 MiB", "3.91 GiB"]
     root = write_synthetic(tmp_path, failed=False, kernels=False)
@@ -199,7 +199,7 @@ def test_report_shows_quality_verdicts_when_present(tmp_path):
 
 
 def test_number_formats_never_use_positive_exponents():
-    from swanbench.report import fmt_diff, fmt_number
+    from swanbench.analysis.report import fmt_diff, fmt_number
 
     assert [fmt_number(v) for v in (999.7, 53588.1, 12.345, 0.000114, math.nan)] == [
         "1,000", "53,588", "12.3", "0.000114", "n/a"]

@@ -12,7 +12,7 @@ import time
 import pandas as pd
 import pytest
 
-from swanbench import runner
+from swanbench import rundir, runner
 from swanbench.suite import load_suite
 
 
@@ -53,7 +53,7 @@ def test_suite_runs_end_to_end_then_resumes_then_forces(write_suite, tiny_suite_
     # --force plans every run again (executing it is the path above); a re-run starts from a clean directory
     assert [p.skip for p in runner.plan(suite, out, force=True)] == [False]
     runner.write_config(suite, suite.runs()[0], run_dir)
-    assert not (run_dir / "run.csv").exists() and runner.run_status(run_dir) is None
+    assert not (run_dir / "run.csv").exists() and rundir.run_status(run_dir) is None
 
 
 def test_oom_and_divergence_are_statuses_and_the_suite_goes_on(write_suite, tiny_suite_text, tmp_path):
@@ -127,7 +127,7 @@ def test_ctrl_c_kills_the_worker_and_leaves_no_row(write_suite, tiny_suite_text,
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     (run_dir,) = (out / "runs").iterdir()
-    assert not (run_dir / "run.csv").exists() and runner.run_status(run_dir) is None
+    assert not (run_dir / "run.csv").exists() and rundir.run_status(run_dir) is None
 
 
 @pytest.mark.gpu

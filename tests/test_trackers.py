@@ -11,7 +11,7 @@ import torch
 
 from swanbench.memprofile import NvmlSampler, window_transient
 from swanbench.models import build_model
-from swanbench.tables import RUN_MEASURES
+from swanbench.schema import RUN_MEASURES
 from swanbench.trackers import (
     RunMeter,
     measure_overhead,

@@ -1,4 +1,4 @@
-"""`swanbench check RESULTS --baseline FILE`: the CI regression gate (library: swanbench.check)."""
+"""`swanbench check RESULTS --baseline FILE`: the CI regression gate (library: swanbench.analysis.check)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def check(
     = False,
 ) -> None:
     """Compare a results set against a committed baseline; exit 1 on a regression, 2 on bad input."""
-    from swanbench import check as gate
+    from swanbench.analysis import check as gate
 
     try:
         tol = gate.load_tolerances(tolerances) if tolerances else None

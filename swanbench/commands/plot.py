@@ -15,13 +15,14 @@ def plot(
         "--out", "-o", help="Where to write figures (default: RESULTS/figures).")] = None,
     formats: Annotated[Optional[list[str]], typer.Option(
         "--format", "-f", help="png, svg or pdf; repeat for several (default: png and svg).")] = None,
-    baseline: Annotated[str, typer.Option(
-        help="Optimizer whose final perplexity is drawn as the reference line.")] = "adamw",
+    baseline: Annotated[Optional[str], typer.Option(
+        help="Optimizer whose final perplexity is drawn as the reference line (default: the suite's "
+             "declared baseline, else adamw).")] = None,
     only: Annotated[Optional[list[str]], typer.Option(
         "--only", help="Draw only these figures (memory, time, kernels, perplexity, pareto); repeatable.")] = None,
 ) -> None:
     """Draw memory, time, kernel, perplexity and Pareto figures from the tables (never from logs)."""
-    from swanbench.plots import draw_figures
+    from swanbench.analysis.plots import draw_figures
     from swanbench.tables import TableError
 
     try:

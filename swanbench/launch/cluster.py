@@ -2,7 +2,7 @@
 
 `swanbench run SUITE --executor subprocess|local|slurm`:
 
-- `subprocess` (default): the runner starts each run's worker itself, one after another (swanbench.runner).
+- `subprocess` (default): the runner starts each run's worker itself, one after another (swanbench.launch.process).
 - `local`: each run is a `submitit.LocalExecutor` job on this machine, still one after another (so runs do
   not share the CPU/GPU and their timings stay honest). It exercises the exact code path of `slurm`
   without a cluster: the tests use it.
@@ -11,7 +11,7 @@
   collected as they finish. Needs a filesystem shared by the login and compute nodes (the output
   directory and this Python environment).
 
-Every job runs `RunJob`: the same `swanbench.runner.execute(run_dir, ...)` a local run uses, on the run
+Every job runs `RunJob`: the same `swanbench.launch.process.execute(run_dir, ...)` a local run uses, on the run
 directory the parent prepared (config.json). It starts the worker (torchrun for world_size > 1) with the
 cell's timeout, writes the run's row, and returns its status. The parent then assembles the suite tables
 exactly as for a local run, and resume works the same way (a run with a final row is never resubmitted).
@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from swanbench import rundir, schema
 from swanbench.hints import did_you_mean
+from swanbench.launch.process import execute, worker_command
 
 EXECUTORS = ("subprocess", "local", "slurm")
 SUBMITIT_FOLDER = "submitit"  # job scripts, pickles and SLURM logs, under the output directory
@@ -56,9 +58,6 @@ class RunJob:
     world_size: int = 1
 
     def __call__(self) -> str:
-        from swanbench.distributed import worker_command
-        from swanbench.runner import execute
-
         return execute(Path(self.run_dir), self.timeout_s, worker_cmd=worker_command(self.world_size))
 
 
@@ -194,17 +193,14 @@ def _by_resources(planned: Sequence[Any]) -> list[list[Any]]:
 def _result(job: Any, p: Any) -> str:
     """The job's status string; a job that died outside the run (preempted, node failure, scheduler
     time limit) is recorded in the run's row as crashed, with submitit's error."""
-    from swanbench.runner import _record_failure as record_failure, run_status
-    from swanbench.worker import STATUS_CRASHED
-
     try:
         return str(job.result())
     except Exception as exc:  # submitit.core.utils.FailedJobError, UncompletedJobError, ...
-        status = run_status(Path(p.run_dir))
+        status = rundir.run_status(Path(p.run_dir))
         if status is not None:  # the run wrote its row before the job was lost
             return status
         message = " ".join(str(exc).split())[-1500:]
-        return record_failure(Path(p.run_dir), STATUS_CRASHED, f"job {job.job_id} failed: {message}")
+        return rundir.record_failure(Path(p.run_dir), schema.CRASHED, f"job {job.job_id} failed: {message}")
 
 
 def make_dispatcher(kind: str, out_dir: Path, cluster_options: Sequence[str] = ()) -> SubmititDispatcher | None:

@@ -1,10 +1,11 @@
 """Summaries of a results directory and its markdown report, from the tables alone.
 
-Reads `runs.csv`, `curves.csv` and `kernels.csv` (never a log), groups runs into cells (optimizer x
-model x device, plus whichever of dtype / seq_len / batch_size / world_size vary), counts seeds and
-summarises every key measure as n, mean and spread, with a Diff % against a baseline optimizer.
-The plotting module (`swanbench.plots`) draws from the same helpers, so a figure and the report never
-disagree about which runs count.
+Reads the tables through `swanbench.analysis.results` (never a log), groups runs into cells (optimizer x
+model x device, plus whichever other cell axes of `swanbench.schema` vary: dtype, seq_len, batch_size,
+parallelism, ...), counts seeds and summarises every key measure as n, mean and spread, with a Diff %
+against the baseline optimizer (the suite's declared `baseline`, adamw by default). The figures
+(`swanbench.analysis.plots`) draw from the same helpers, so a figure and the report never disagree about
+which runs count.
 
 Conventions, stated once:
 - a run counts towards a mean only when its `status` is `ok`; other runs are listed as what they are
@@ -13,305 +14,35 @@ Conventions, stated once:
 - Diff % = (mean - baseline mean) / baseline mean x 100 within the same cell (same model, device, ...);
 - bytes are shown in KiB, MiB (1024^2) or GiB (1024^3), times in ms, as the column names say.
 
-Also read when present: `machine.csv` (kernel suites' measured limits), `verdicts.csv` (swanbench.quality)
-and the `env.json` records; tokens-to-target is derived from the curves when runs.csv leaves it empty.
+Also read when present: `machine.csv` (kernel suites' measured limits), `verdicts.csv`
+(swanbench.analysis.quality) and the `env.json` records.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import difflib
-import json
 import logging
 import math
 import shlex
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
 
-from swanbench import __version__
-from swanbench.tables import CURVES_FILE, KERNELS_FILE, RUNS_FILE, TableError, read_table
+from swanbench import __version__, schema
+from swanbench.analysis.results import (
+    ALWAYS_AXES, FIGURES_DIR, MACHINE_FILE, MIB, OK, Results, axis_label, baseline_hint, baseline_of,
+    bytes_unit, canonical_name, cell_axes, group_keys, load_results, numeric, optimizer_order, outcome_text,
+    peak_column, read_envs, resolve_baseline, select, status_text, with_targets,
+)
+from swanbench.schema import CURVES_FILE, KERNELS_FILE, RUNS_FILE, VERDICTS_FILE
+from swanbench.tables import read_table
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.md"
-MACHINE_FILE = "machine.csv"  # written by swanbench.kernels beside kernels.csv
-VERDICTS_FILE = "verdicts.csv"  # written by swanbench.quality beside runs.csv
-FIGURES_DIR = "figures"
-OK = "ok"
-FAILED_STATUSES = ("oom", "diverged", "timeout", "crashed")
-
-# Axes that, with the optimizer, identify a cell. model and device always show; the rest only when they vary.
-ALWAYS_AXES = ("model", "device")
-OPTIONAL_AXES = ("dtype", "seq_len", "batch_size", "world_size")
-
-# Canonical optimizer order in every table and legend (unknown names follow, sorted).
-OPTIMIZER_ORDER = ("adamw", "adam", "sgd", "sgd-momentum", "adafactor", "muon", "lion", "swan", "swan-fast",
-                   "sinkgd")
-
-GIB, MIB, KIB = 1024**3, 1024**2, 1024
-DTYPE_SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}
-# Peak-memory columns in order of preference: live tensor bytes (CUDA allocator; on CPU the profiler's
-# sampled step, which is what swanbench.estimate compares with), then the process views, which also hold
-# the CUDA context or the interpreter and libraries.
-PEAK_COLUMNS = (
-    ("peak_allocated_bytes", "peak allocated (allocator)"),
-    ("profiled_step_peak_bytes", "peak live tensors (profiler)"),
-    ("nvml_peak_bytes", "peak process memory (NVML)"),
-    ("peak_rss_bytes", "peak RSS (process)"),
-)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reading
-
-
-@dataclass
-class Results:
-    """The tables of one results directory; a table that is absent is None."""
-
-    results_dir: Path
-    runs: pd.DataFrame | None = None
-    curves: pd.DataFrame | None = None
-    kernels: pd.DataFrame | None = None
-    machine: pd.DataFrame | None = None  # machine.csv: the measured matmul rate and copy bandwidth
-    notes: list[str] = field(default_factory=list)
-
-
-def _read_optional(path: Path) -> pd.DataFrame | None:
-    # Absent is fine (a suite without kernels writes no kernels.csv); corrupt is an error (read_table raises).
-    return read_table(path) if path.is_file() else None
-
-
-def load_results(results_dir: Path) -> Results:
-    """Read the three tables of `results_dir`; raise TableError if none is there or one is corrupt."""
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise TableError(f"{results_dir}: no such results directory")
-    results = Results(results_dir, *(_read_optional(results_dir / f)
-                                     for f in (RUNS_FILE, CURVES_FILE, KERNELS_FILE)))
-    if results.runs is None and results.curves is None and results.kernels is None:
-        raise TableError(f"{results_dir}: no {RUNS_FILE}, {CURVES_FILE} or {KERNELS_FILE} in it")
-    results.machine = _read_optional(results_dir / MACHINE_FILE)
-    if results.runs is not None:
-        results.runs = normalise_runs_frame(one_row_per_run(results.runs, results.notes), "runs", results.notes)
-    if results.curves is not None:
-        results.curves = normalise_runs_frame(results.curves, "curves", results.notes, _final_status(results.runs))
-    return results
-
-
-def one_row_per_run(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """Distributed runs write one row per rank (and swanbench.distributed a combined `rank = "max"` row):
-    keep one row per run, so seeds are not counted once per rank. The `max` row when there is one; else
-    each byte/ms/seconds measure is the maximum over ranks (the fullest rank's memory, the slowest rank's
-    time) and tokens_per_s the minimum."""
-    if "rank" not in runs.columns or "run_id" not in runs.columns or not runs["run_id"].duplicated().any():
-        return runs
-    is_max = runs["rank"].astype(str) == "max"
-    runs = runs[is_max | ~runs["run_id"].isin(set(runs.loc[is_max, "run_id"]))]
-    notes.append("runs.csv has one row per rank: memory and time are the maximum over a run's ranks")
-    if not runs["run_id"].duplicated().any():
-        return runs.drop(columns=["rank"])
-    grouped = runs.groupby("run_id", sort=False, dropna=False)
-    worst = {c: grouped[c].max() for c in runs.columns if c.endswith(("_bytes", "_ms", "_seconds"))}
-    if "tokens_per_s" in runs.columns:
-        worst["tokens_per_s"] = grouped["tokens_per_s"].min()
-    return grouped.first().assign(**worst).drop(columns=["rank"]).reset_index()
-
-
-def _final_status(runs: pd.DataFrame | None) -> pd.Series | None:
-    """run_id -> status from runs.csv (curve rows are written during the run, before its status is known)."""
-    if runs is None or "run_id" not in runs.columns:
-        return None
-    return runs.drop_duplicates("run_id", keep="last").set_index("run_id")["status"]
-
-
-def normalise_runs_frame(frame: pd.DataFrame, name: str, notes: list[str], status: pd.Series | None = None
-                         ) -> pd.DataFrame:
-    """Give a runs/curves frame the columns the summaries need, noting every assumption made."""
-    frame = frame.copy()
-    if "optimizer" not in frame.columns:
-        raise TableError(f"{name}.csv: no optimizer column, so no run can be attributed")
-    if status is not None and "run_id" in frame.columns:
-        known = frame["run_id"].map(status)
-        frame["status"] = known.where(known.notna(), frame["status"] if "status" in frame.columns else OK)
-    if "status" not in frame.columns:
-        # A run writes its row only when it finished, so without a status column every row is a finished run.
-        notes.append(f"{name}.csv has no status column: every row is treated as an ok run")
-        frame["status"] = OK
-    frame["status"] = frame["status"].fillna("unknown").astype(str).str.lower()
-    for axis in ALWAYS_AXES:
-        if axis not in frame.columns:
-            notes.append(f"{name}.csv has no {axis} column: shown as '?'")
-            frame[axis] = "?"
-    frame["optimizer"] = frame["optimizer"].astype(str)
-    if "seed" not in frame.columns:
-        frame["seed"] = pd.NA
-    if "run_id" not in frame.columns:
-        frame["run_id"] = [f"row{i}" for i in range(len(frame))]
-    return frame
-
-
-def with_targets(results: Results, baseline: str = "adamw") -> Results:
-    """Fill tokens-to-target from the curves when runs.csv leaves it empty (swanbench.quality's definition:
-    the first eval point at or below the baseline's final eval loss, same cell and seed, interpolated).
-
-    Values already in runs.csv are kept as they are. Adds `seconds_to_target` and `effective_speedup`
-    (the baseline run's total tokens / tokens to target) and notes that they were derived.
-    """
-    runs, curves = results.runs, results.curves
-    if runs is None or curves is None or numeric(runs, "tokens_to_target").notna().any():
-        return results
-    from swanbench.quality import annotate_tokens_to_target
-
-    try:
-        annotated = annotate_tokens_to_target(runs, curves, baseline=baseline)
-    except (KeyError, ValueError, TypeError) as exc:  # a figure or report must not fail on this extra
-        log.warning("tokens to target not derived: %s: %s", type(exc).__name__, exc)
-        return results
-    if numeric(annotated, "tokens_to_target").notna().any():
-        results.runs = annotated
-        results.notes.append(f"tokens_to_target, seconds_to_target and effective_speedup are derived from "
-                             f"curves.csv (target: {baseline}'s final eval loss in the same cell and seed)")
-    return results
-
-
-def read_envs(results_dir: Path) -> list[dict]:
-    """The environment records (`runs/*/env.json`) of a results directory, parsed as plain JSON."""
-    envs = []
-    # A training suite keeps one per run; a kernel suite one for the whole directory.
-    paths = sorted(Path(results_dir).glob("runs/*/env.json")) + sorted(Path(results_dir).glob("env.json"))
-    for path in paths:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("%s: unreadable environment record (%s)", path, exc)
-            continue
-        if isinstance(data, dict):
-            envs.append(data)
-    return envs
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Ordering and grouping
-
-
-def canonical_name(name: str) -> str:
-    return str(name).strip().lower().replace("_", "-")
-
-
-def optimizer_order(names: Iterable[str], baseline: str | None = None) -> list[str]:
-    """Names in the canonical order (baseline first), unknown names after, sorted."""
-    names = list(dict.fromkeys(str(n) for n in names))
-    rank = {n: i for i, n in enumerate(OPTIMIZER_ORDER)}
-
-    def key(n: str) -> tuple:
-        return (canonical_name(n) != baseline, rank.get(canonical_name(n), len(rank)), n)
-
-    return sorted(names, key=key)
-
-
-def model_order(frame: pd.DataFrame) -> list[str]:
-    """Model names from smallest to largest (by the `params` column, else the preset, else by name)."""
-    names = [str(m) for m in frame["model"].dropna().unique()]
-    sizes: dict[str, float] = {}
-    if "params" in frame.columns:
-        params = pd.to_numeric(frame["params"], errors="coerce")
-        sizes = params.groupby(frame["model"].astype(str)).max().dropna().to_dict()
-    missing = [n for n in names if n not in sizes]
-    if missing:
-        sizes.update(_preset_sizes(missing))
-    return sorted(names, key=lambda n: (sizes.get(n, math.inf), n))
-
-
-def _preset_sizes(names: Sequence[str]) -> dict[str, float]:
-    # Imported only when the table lacks `params`: models.py pulls in torch, which is slow to import.
-    from swanbench.models import PRESETS
-
-    return {n: float(PRESETS[n].param_count()) for n in names if n in PRESETS}
-
-
-def cell_axes(frame: pd.DataFrame) -> list[str]:
-    """The axes that identify a cell in this frame: model and device, plus those of the rest that vary."""
-    varying = [a for a in OPTIONAL_AXES if a in frame.columns and frame[a].nunique(dropna=False) > 1]
-    return list(ALWAYS_AXES) + varying
-
-
-def axis_label(axis: str, value: object) -> str:
-    """`bf16`, `seq 256`, `bs 8`, `8 ranks`: a short text for one axis value in a title or table."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return f"{axis} ?"
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if axis == "dtype":
-        return DTYPE_SHORT.get(str(value).replace("torch.", ""), str(value))
-    prefix = {"seq_len": "seq ", "batch_size": "bs ", "world_size": "ranks "}.get(axis, "")
-    return f"{prefix}{value}"
-
-
-def group_keys(frame: pd.DataFrame, axes: Sequence[str]) -> list[tuple]:
-    """Distinct values of `axes`, models ordered by size, the other axes sorted."""
-    if frame.empty:
-        return []
-    keys = frame[list(axes)].drop_duplicates().itertuples(index=False, name=None)
-    order = {m: i for i, m in enumerate(model_order(frame))}
-
-    def sort_key(key: tuple) -> tuple:
-        return tuple(order.get(str(v), -1) if a == "model" else str(v) for a, v in zip(axes, key))
-
-    return sorted(keys, key=sort_key)
-
-
-def select(frame: pd.DataFrame, axes: Sequence[str], key: tuple) -> pd.DataFrame:
-    """The rows of `frame` whose `axes` equal `key` (NaN matches NaN)."""
-    mask = pd.Series(True, index=frame.index)
-    for axis, value in zip(axes, key):
-        column = frame[axis]
-        mask &= column.isna() if pd.isna(value) else (column == value)
-    return frame[mask]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Derived measures
-
-
-def numeric(frame: pd.DataFrame, column: str) -> pd.Series:
-    """`column` as floats; an absent column is all-NaN (unavailable), never zeros."""
-    if column not in frame.columns:
-        return pd.Series(math.nan, index=frame.index, dtype=float)
-    return pd.to_numeric(frame[column], errors="coerce").astype(float)
-
-
-def peak_column(frame: pd.DataFrame) -> tuple[str, str] | None:
-    """The most exact peak-memory column with any value in `frame`: (column, label), or None."""
-    for column, label in PEAK_COLUMNS:
-        if numeric(frame, column).notna().any():
-            return column, label
-    return None
-
-
-def bytes_unit(max_bytes: float) -> tuple[float, str]:
-    """(divisor, unit) for showing byte counts: GiB from 1 GiB up, MiB from 1 MiB up, else KiB."""
-    if max_bytes >= GIB:
-        return GIB, "GiB"
-    return (MIB, "MiB") if max_bytes >= MIB else (KIB, "KiB")
-
-
-def status_text(statuses: Counter) -> str:
-    """`2 ok, 1 oom` in a fixed order (ok first, then the failure kinds)."""
-    order = (OK, *FAILED_STATUSES)
-    keys = sorted(statuses, key=lambda s: (order.index(s) if s in order else len(order), s))
-    return ", ".join(f"{statuses[k]} {k}" for k in keys)
-
-
-def outcome_text(statuses: Counter) -> str:
-    """`missing` with no run, `oom` when every seed failed the same way, else the counts (`1 oom, 1 timeout`)."""
-    if not statuses:
-        return "missing"
-    return next(iter(statuses)) if len(statuses) == 1 else status_text(statuses)
 
 
 @dataclass
@@ -385,32 +116,27 @@ class Measure:
     note: str = ""
 
 
-MEASURES = (
-    Measure("final_eval_ppl", "Final eval perplexity (token-weighted)", "plain", "lower is better"),
-    Measure("final_eval_ppl_galore", "Final eval perplexity (GaLore-compatible)", "plain",
-            "the reference script's biased mean, for comparing with published tables"),
-    Measure("tokens_to_target", "Tokens to reach the target perplexity", "count",
-            "empty seeds did not reach it"),
-    Measure("seconds_to_target", "Training seconds to reach the target perplexity", "plain",
-            "eval excluded; empty seeds did not reach it"),
-    Measure("effective_speedup", "Effective speedup over the baseline", "plain",
-            "baseline's total tokens / tokens to target; higher is better, 1 = as fast as the baseline"),
-    Measure("peak_allocated_bytes", "Peak allocated memory (allocator)", "bytes"),
-    Measure("profiled_step_peak_bytes", "Peak live tensor memory in a profiled step (profiler)", "bytes"),
-    Measure("estimate_bytes", "Analytic estimate of the peak (swanbench estimate)", "bytes"),
-    Measure("unexplained_bytes", "Measured peak − estimate", "bytes", "what the analytic model misses"),
-    Measure("nvml_peak_bytes", "Peak process memory (NVML, GPU)", "bytes"),
-    Measure("peak_rss_bytes", "Peak resident memory (RSS, CPU process)", "bytes",
-            "includes the Python interpreter and libraries"),
-    Measure("optimizer_state_bytes", "Optimizer state", "bytes"),
-    Measure("step_transient_bytes", "Transient memory inside optimizer.step()", "bytes"),
-    Measure("step_ms", "Step time (median)", "ms"),
-    Measure("forward_backward_ms", "Forward + backward (median)", "ms"),
-    Measure("optimizer_step_ms", "optimizer.step() (median)", "ms"),
-    Measure("whitening_ms", "Whitening / normalisation inside the step (median)", "ms"),
-    Measure("tokens_per_s", "Throughput", "count", "higher is better"),
-    Measure("train_seconds", "Training time", "plain", "seconds, eval excluded"),
+_KIND_OF_UNIT = {"bytes": "bytes", "ms": "ms", "tokens": "count", "tokens/s": "count", "count": "count"}
+
+
+def measure(column: str) -> Measure:
+    """The report's view of a column: title, unit and note from the schema catalogue."""
+    entry = schema.column(column)
+    unit = entry.unit if entry else ""
+    note = entry.note if entry else ""
+    if entry is not None and entry.better == "higher" and "higher" not in note:
+        note = f"higher is better{'; ' + note if note else ''}"
+    return Measure(column, schema.title(column), _KIND_OF_UNIT.get(unit, "plain"), note)
+
+
+# The key figures the report shows, in order (titles, units and notes come from the catalogue).
+REPORT_COLUMNS = (
+    "final_eval_ppl", "final_eval_ppl_galore", "tokens_to_target", "seconds_to_target", "effective_speedup",
+    "peak_allocated_bytes", "profiled_step_peak_bytes", "estimate_bytes", "unexplained_bytes", "nvml_peak_bytes",
+    "peak_rss_bytes", "optimizer_state_bytes", "step_transient_bytes", "step_ms", "forward_backward_ms",
+    "optimizer_step_ms", "whitening_ms", "tokens_per_s", "train_seconds",
 )
+MEASURES = tuple(measure(c) for c in REPORT_COLUMNS)
 
 
 def fmt_number(value: float) -> str:
@@ -660,7 +386,7 @@ def kernels_section(kernels: pd.DataFrame) -> str:
 
 
 def verdicts_section(verdicts: pd.DataFrame) -> str:
-    """verdicts.csv (swanbench.quality): per optimizer, does it beat the baseline, and does it get there sooner?"""
+    """verdicts.csv (swanbench.analysis.quality): per optimizer, does it beat the baseline, and does it get there sooner?"""
     def interval(row: pd.Series, mean: str, low: str, high: str) -> str:
         values = [pd.to_numeric(row.get(c), errors="coerce") for c in (mean, low, high)]
         if pd.isna(values[0]):
@@ -733,23 +459,9 @@ def figures_section(results_dir: Path) -> str | None:
     return "\n".join(f"![{p.stem}]({FIGURES_DIR}/{p.name})" for p in figures) + "\n"
 
 
-def resolve_baseline(runs: pd.DataFrame | None, baseline: str) -> str | None:
-    """The optimizer name in the table that matches `baseline` (case and -/_ insensitive), or None."""
-    if runs is None:
-        return None
-    by_canonical = {canonical_name(o): o for o in runs["optimizer"].unique()}
-    return by_canonical.get(canonical_name(baseline))
-
-
-def baseline_hint(runs: pd.DataFrame, baseline: str) -> str:
-    """`; did you mean 'adamw'?` for a baseline that is not in the table."""
-    names = [str(o) for o in runs["optimizer"].unique()]
-    close = difflib.get_close_matches(baseline, names, n=1)
-    return f"; did you mean {close[0]!r}?" if close else f" (optimizers here: {', '.join(sorted(names))})"
-
-
-def build_report(results: Results, baseline: str = "adamw", command: str | None = None) -> str:
-    """The markdown text of the report of `results`."""
+def build_report(results: Results, baseline: str | None = None, command: str | None = None) -> str:
+    """The markdown text of the report of `results` (baseline: the suite's declared one unless given)."""
+    baseline = baseline_of(results.runs, baseline)
     resolved = resolve_baseline(results.runs, baseline)
     results = with_targets(results, resolved or baseline)
     envs = read_envs(results.results_dir)
@@ -808,7 +520,7 @@ def _runs_parts(runs: pd.DataFrame, baseline: str) -> list[str]:
 
 
 def _verdict_parts(results_dir: Path) -> list[str]:
-    """The verdicts table, when swanbench.quality has written verdicts.csv beside the tables."""
+    """The verdicts table, when swanbench.analysis.quality has written verdicts.csv beside the tables."""
     path = Path(results_dir) / VERDICTS_FILE
     if not path.is_file():
         return []
@@ -816,11 +528,11 @@ def _verdict_parts(results_dir: Path) -> list[str]:
     if verdicts.empty:
         return []
     return ["## Verdicts (verdicts.csv)\n",
-            "Written by `swanbench.quality` from the same tables: paired by seed against the baseline.\n",
+            "Written by `swanbench.analysis.quality` from the same tables: paired by seed against the baseline.\n",
             verdicts_section(verdicts)]
 
 
-def write_report(results_dir: Path, baseline: str = "adamw", command: str | None = None) -> Path:
+def write_report(results_dir: Path, baseline: str | None = None, command: str | None = None) -> Path:
     """Write `results_dir/report.md` from the tables and return its path (atomically replaced)."""
     results = load_results(Path(results_dir))
     text = build_report(results, baseline=baseline, command=command)

@@ -43,17 +43,18 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
+from swanbench import schema
+
 # Run statuses whose final eval loss may serve as a target (the harness writes "ok" for a finished run).
-OK_STATUSES = frozenset({"ok"})
+OK_STATUSES = frozenset({schema.OK})
+DEFAULT_BASELINE = "adamw"
 
 # Columns that make two runs "the same cell except optimizer/hparams": the same question asked of another
-# optimizer. Only those present in the table are used; hparam columns (lr, ...) are deliberately absent.
-MATCH_COLUMNS = (
-    "suite", "model", "device", "dtype", "seq_len", "batch_size", "world_size", "seed",
-    "steps", "grad_accum", "tokens_per_step", "data", "data_source", "eval_tokens",
-)
-# Default grouping for summaries: one row per suite x model x optimizer (seeds pooled).
-SUMMARY_BY = ("suite", "model", "dtype", "optimizer")
+# optimizer: the suite, every cell axis of the schema, and the seed (hparam columns are deliberately absent).
+MATCH_COLUMNS = ("suite", *schema.CELL_AXES, "seed")
+# Default grouping for summaries and verdicts: one row per suite x cell x optimizer (seeds pooled); the cell
+# axes are the schema's, so runs that differ in any axis (parallelism, steps, data, ...) are never pooled.
+SUMMARY_BY = ("suite", *schema.CELL_AXES, "optimizer")
 # The harness's JSON of an optimizer's resolved hyperparameters (runs.csv), read by `config_labels`.
 CONFIG_COLUMN = "optimizer_hparams"
 
@@ -226,7 +227,7 @@ def _baseline_targets(runs: pd.DataFrame, curves_by_run: dict, baseline: str, ma
     return targets
 
 
-def annotate_tokens_to_target(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "adamw",
+def annotate_tokens_to_target(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = DEFAULT_BASELINE,
                               target: float | None = None, loss: str = "eval_loss",
                               match_on: Sequence[str] = MATCH_COLUMNS) -> pd.DataFrame:
     """A copy of `runs` with tokens-to-target columns filled per run (see the module docstring).
@@ -244,7 +245,7 @@ def annotate_tokens_to_target(runs: pd.DataFrame, curves: pd.DataFrame, baseline
         return _annotation_dtypes(out)
     curves = curves if curves is not None else pd.DataFrame()
     curves_by_run = dict(tuple(curves.groupby("run_id"))) if "run_id" in curves.columns else {}
-    match = [c for c in match_on if c in out.columns]
+    match = [c for c in match_on if c in out.columns]  # tables of older schemas lack some axes
     targets = _baseline_targets(out, curves_by_run, baseline, match, loss)
     for idx, row in out.iterrows():
         found = targets.get(_key(row, match))
@@ -271,6 +272,14 @@ def _annotation_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
         if column != "target_run_id":
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     return frame
+
+
+def annotate_rows(runs: list[dict], curves: list[dict], baseline: str | None = None) -> list[dict]:
+    """`annotate_tokens_to_target` on plain rows (the assembly of runs.csv); empty values stay None."""
+    if not runs:
+        return runs
+    frame = annotate_tokens_to_target(pd.DataFrame(runs), pd.DataFrame(curves), baseline=baseline or DEFAULT_BASELINE)
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -474,21 +483,22 @@ def _best_config(annotated: pd.DataFrame, optimizer: str) -> str | None:
     return str(means.idxmin()) if len(means) else None
 
 
-def analyze(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "adamw",
-            by: Sequence[str] = SUMMARY_BY) -> dict[str, pd.DataFrame]:
+def analyze(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = DEFAULT_BASELINE,
+            by: Sequence[str] = SUMMARY_BY, annotated: bool = False) -> dict[str, pd.DataFrame]:
     """The quality analysis of one suite: annotated runs, seed summaries, and verdicts vs the baseline.
 
     Returns {"runs": annotated runs with a `config` label, "summary": seed_summary over the
     SUMMARY_METRICS present, per `by` + config, "verdicts": per non-baseline config, the final-eval-loss
     comparison with the baseline's best config (BEATS_RULE) and the tokens-to-target verdict (SOONER_RULE)}.
+    annotated: `runs` already carries tokens-to-target against `baseline` (runs.csv as assembled).
     """
-    annotated = annotate_tokens_to_target(runs, curves, baseline)
+    annotated = runs.copy() if annotated else annotate_tokens_to_target(runs, curves, baseline)
     if annotated.empty or "optimizer" not in annotated.columns:
         return {"runs": annotated, "summary": pd.DataFrame(), "verdicts": pd.DataFrame()}
     annotated["config"] = config_labels(annotated)
     metrics = [m for m in SUMMARY_METRICS if m in annotated.columns and _num(annotated, m).notna().any()]
     summary = seed_summary(annotated, metrics, [*by, "config"])
-    group = [c for c in by if c != "optimizer"]
+    group = [c for c in by if c != "optimizer" and c in annotated.columns]
     base = _best_config(annotated, baseline)
     verdicts = []
     candidates = annotated.loc[annotated["optimizer"] != baseline, ["optimizer", "config"]].drop_duplicates()
@@ -515,38 +525,25 @@ def _verdict_row(annotated: pd.DataFrame, optimizer: str, config: str, base: str
     return merged
 
 
-def write_analysis(results_dir: Path, baseline: str = "adamw") -> dict[str, Path]:
+def write_analysis(results_dir: Path, baseline: str | None = None) -> dict[str, Path]:
     """Read runs.csv and curves.csv in `results_dir`, write summary.csv and verdicts.csv beside them.
 
-    runs.csv is not rewritten (the runner owns it); the annotated columns are in the returned frames and
-    in summary.csv. Raises tables.TableError if a table is missing or unreadable.
+    baseline: the suite's declared one (runs.csv `suite_baseline`) unless given. runs.csv is not rewritten
+    (the runner owns it); its tokens-to-target columns are used as assembled when they are for this
+    baseline. Raises tables.TableError if a table is missing or unreadable.
     """
-    from swanbench.tables import CURVES_FILE, RUNS_FILE, read_table, write_rows_atomic
+    from swanbench.analysis.results import _annotated_for, baseline_of
+    from swanbench.schema import CURVES_FILE, RUNS_FILE, SUMMARY_FILE, VERDICTS_FILE
+    from swanbench.tables import read_table, write_rows_atomic
 
     results_dir = Path(results_dir)
     runs = read_table(results_dir / RUNS_FILE, required=["run_id", "optimizer", "seed"])
-    if "rank" in runs.columns:  # multi-rank runs: one summary row each (rank "max"), not one per rank
-        runs = runs[runs["rank"].isna() | (runs["rank"].astype(str) == "max")]
     curves = read_table(results_dir / CURVES_FILE, required=["run_id", "tokens", "eval_loss"])
-    result = analyze(runs, curves, baseline)
+    baseline = baseline_of(runs, baseline)
+    result = analyze(runs, curves, baseline, annotated=_annotated_for(runs, baseline))
     written = {}
-    for name in ("summary", "verdicts"):
+    for name, file in (("summary", SUMMARY_FILE), ("verdicts", VERDICTS_FILE)):
         frame = result[name]
         rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
-        written[name] = write_rows_atomic(results_dir / f"{name}.csv", rows, list(frame.columns))
+        written[name] = write_rows_atomic(results_dir / file, rows, list(frame.columns))
     return written
-
-
-def publish_hook(out_dir: Path, console=None) -> None:
-    """A `runner.POST_ASSEMBLY_HOOKS` entry: write summary.csv and verdicts.csv beside the suite tables.
-
-    Does nothing for a suite without a baseline run (no target: nothing to decide).
-    """
-    from swanbench.tables import RUNS_FILE, read_table
-
-    runs = read_table(Path(out_dir) / RUNS_FILE, required=["optimizer"])
-    if not (runs["optimizer"] == "adamw").any():
-        return
-    written = write_analysis(out_dir)
-    if console is not None:
-        console.print(f"quality: {written['summary']}, {written['verdicts']}")

@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from swanbench import schema
 from swanbench.hints import did_you_mean
-from swanbench.tables import RUNS_COLUMNS, RUNS_FILE, TableError, read_table, write_rows_atomic
+from swanbench.schema import RUNS_COLUMNS, RUNS_FILE
+from swanbench.tables import TableError, read_table, write_rows_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,56 +49,56 @@ TOO_NOISY = "skip: too noisy to judge"
 COMPARE_KINDS = ("exact", "relative", "ratio", "absolute")
 BETTER_DIRECTIONS = ("lower", "higher", "none")
 
-# Run identity for matching. cell_id is deliberately not part of it: it hashes every hyperparameter, so
+# Run identity for matching: the suite, the optimizer, every cell axis of the schema and the seed (the
+# columns both tables carry). cell_id is deliberately not part of it: it hashes every hyperparameter, so
 # a deliberate hyperparameter change in the suite would turn into "missing run" instead of showing the
 # effect on the measures. It is added back automatically when the identity alone is ambiguous (a sweep).
-DEFAULT_MATCH_ON = (
-    "suite", "optimizer", "model", "dtype", "seq_len", "batch_size", "seed", "device", "world_size",
-)
+DEFAULT_MATCH_ON = ("suite", "optimizer", *schema.CELL_AXES, "seed")
+
+# How each class of measure is compared; which columns are in which class (and which direction is better)
+# comes from the column catalogue (`swanbench.schema`). The bands come from repeated runs of suites/ci.toml;
+# docs/check.md says how they were chosen.
+CLASS_RULES: dict[str, dict[str, Any]] = {
+    # Tensor bytes by role are a pure function of model, dtype and optimizer: no noise at all.
+    # The per-group columns (`optimizer_state_bytes.<group>`) say which group of a hybrid grew.
+    "bytes": {"compare": "exact"},
+    # CUDA allocator events: any new retry or OOM is a regression.
+    "allocator_events": {"compare": "exact"},
+    # Allocator peaks, the transient inside step() and the profiler's per-category peaks: deterministic for
+    # a fixed shape on one torch version; the band absorbs allocator rounding and library-version drift.
+    "peaks": {"compare": "relative", "band": 0.05},
+    # Whole-process memory includes the interpreter, torch's libraries and (GPU) the CUDA context and
+    # other processes, which differ between machines and drivers.
+    "process": {"compare": "relative", "band": 0.15},
+    # Whole phases against the same phase of the reference run.
+    "times": {"compare": "ratio", "band": 0.5, "iqr_factor": 2.0, "max_band": 2.0},
+    # The optimizer's own work against the reference's whole training step, not its optimizer step:
+    # AdamW's fused step is ~1 ms on the CI model, so a single preemption moves its median and its
+    # IQR/median reached 3.8 on a loaded box, while its whole step's stayed at 0.17 (docs/check.md).
+    "optimizer_times": {"compare": "ratio", "band": 0.5, "iqr_factor": 2.0, "max_band": 2.0,
+                        "reference_metric": "step_ms"},
+    # Tokens over the summed step time: it has no IQR of its own, its spread is that of step_ms.
+    "throughput": {"compare": "ratio", "band": 0.5, "iqr_factor": 2.0, "max_band": 2.0, "spread_metric": "step_ms"},
+    "losses": {"compare": "absolute", "epsilon": 0.02},
+    # exp(loss): a relative band of 2 % is the loss epsilon of 0.02 nats (exp(0.02) - 1).
+    "perplexity": {"compare": "relative", "band": 0.02},
+    "progress": {"compare": "relative", "band": 0.25},
+}
+
+
+def _default_tolerances() -> dict[str, Any]:
+    classes = schema.check_classes()
+    return {
+        "reference_optimizer": "adamw",
+        "match_on": list(DEFAULT_MATCH_ON),
+        "classes": {name: {**rule, "metrics": classes[name]} for name, rule in CLASS_RULES.items()},
+        # Everything not listed is better lower.
+        "better": schema.directions(),
+    }
+
 
 # The built-in tolerances, in the same shape as a tolerances TOML file (see docs/check.md).
-# The bands come from repeated runs of suites/ci.toml; docs/check.md says how they were chosen.
-DEFAULT_TOLERANCES: dict[str, Any] = {
-    "reference_optimizer": "adamw",
-    "match_on": list(DEFAULT_MATCH_ON),
-    "classes": {
-        # Tensor bytes by role are a pure function of model, dtype and optimizer: no noise at all.
-        # The per-group columns (`optimizer_state_bytes.<group>`) say which group of a hybrid grew.
-        "bytes": {"compare": "exact",
-                  "metrics": ["param_bytes", "grad_bytes", "optimizer_state_bytes", "param_bytes.*",
-                              "optimizer_state_bytes.*"]},
-        # CUDA allocator events: any new retry or OOM is a regression.
-        "allocator_events": {"compare": "exact", "metrics": ["alloc_retries", "oom_count"]},
-        # Allocator peaks, the transient inside step() and the profiler's per-category peaks
-        # (`activation_peak_bytes`, ...): deterministic for a fixed shape on one torch version; the band
-        # absorbs allocator rounding and library-version drift.
-        "peaks": {"compare": "relative", "band": 0.05,
-                  "metrics": ["peak_allocated_bytes", "peak_reserved_bytes", "step_transient_bytes",
-                              "*_peak_bytes", "profiled_*_bytes"]},
-        # Whole-process memory includes the interpreter, torch's libraries and (GPU) the CUDA context and
-        # other processes, which differ between machines and drivers.
-        "process": {"compare": "relative", "band": 0.15,
-                    "metrics": ["peak_rss_bytes", "nvml_peak_bytes", "nvml_device_peak_bytes"]},
-        # Whole phases against the same phase of the reference run.
-        "times": {"compare": "ratio", "band": 0.5, "iqr_factor": 2.0, "max_band": 2.0,
-                  "metrics": ["step_ms", "forward_backward_ms"]},
-        # The optimizer's own work against the reference's whole training step, not its optimizer step:
-        # AdamW's fused step is ~1 ms on the CI model, so a single preemption moves its median and its
-        # IQR/median reached 3.8 on a loaded box, while its whole step's stayed at 0.17 (see the README).
-        "optimizer_times": {"compare": "ratio", "band": 0.5, "iqr_factor": 2.0, "max_band": 2.0,
-                            "reference_metric": "step_ms", "metrics": ["optimizer_step_ms", "whitening_ms"]},
-        # Tokens over the summed step time: it has no IQR of its own, its spread is that of step_ms.
-        "throughput": {"compare": "ratio", "band": 0.5, "iqr_factor": 2.0, "max_band": 2.0,
-                       "spread_metric": "step_ms", "metrics": ["tokens_per_s"]},
-        "losses": {"compare": "absolute", "epsilon": 0.02,
-                   "metrics": ["final_eval_loss", "final_eval_loss_galore"]},
-        # exp(loss): a relative band of 2 % is the loss epsilon of 0.02 nats (exp(0.02) - 1).
-        "perplexity": {"compare": "relative", "band": 0.02, "metrics": ["final_eval_ppl", "final_eval_ppl_galore"]},
-        "progress": {"compare": "relative", "band": 0.25, "metrics": ["tokens_to_target"]},
-    },
-    # Everything not listed is better lower. Parameter bytes are fixed by the model: any change is wrong.
-    "better": {"tokens_per_s": "higher", "param_bytes": "none", "param_bytes.*": "none"},
-}
+DEFAULT_TOLERANCES: dict[str, Any] = _default_tolerances()
 
 _CLASS_KEYS = {
     "exact": {"compare", "metrics"},
@@ -341,8 +343,6 @@ def load_runs(path: Path, tolerances: Tolerances, role: str) -> RunTable:
         frame = read_table(path, required=list(RUNS_COLUMNS) + list(tolerances.match_on))
     except TableError as exc:
         raise CheckError(f"{role}: {exc}") from None
-    if "rank" in frame.columns:  # multi-rank runs: judge each run's summary row (rank "max"), not every rank's
-        frame = frame[frame["rank"].isna() | (frame["rank"].astype(str) == "max")]
     if frame.empty:
         raise CheckError(f"{role}: {path} has no runs")
     tolerances = tolerances.resolve(frame.columns)
@@ -602,6 +602,7 @@ def check(results: Path, baseline: Path, tolerances: Tolerances | None = None) -
     if not baseline.is_file():
         raise CheckError(f"baseline: {baseline}: no such file (write one deliberately with --update)")
     tol = tolerances or baseline_tolerances(baseline)
+    tol = _shared_identity(tol, baseline, runs_path(results))
     base = load_runs(baseline, tol, "baseline")
     now = load_runs(runs_path(results), tol, "results")
     # Only the measures the baseline has a column for; glob rules (per-group bytes) expand to its columns.
@@ -612,6 +613,27 @@ def check(results: Path, baseline: Path, tolerances: Tolerances | None = None) -
     return report
 
 
+def _header(path: Path) -> set[str] | None:
+    """The column names of a CSV file, or None when it cannot be read (load_runs then says why)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return set(next(csv.reader(fh), []))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return None
+
+
+def _shared_identity(tol: Tolerances, baseline: Path, results: Path) -> Tolerances:
+    """Match on the identity columns both tables carry: a baseline written before a cell axis was added
+    (steps, data, ...) still matches, on the axes it has. `suite`, `optimizer` and `seed` stay required."""
+    headers = [_header(baseline), _header(results)]
+    if None in headers:
+        return tol
+    keep = [c for c in tol.match_on if c in ("suite", "optimizer", "seed") or all(c in h for h in headers)]
+    return dataclasses.replace(tol, match_on=tuple(keep))
+
+
 def baseline_tolerances(baseline: Path) -> Tolerances:
     """The baseline's own tolerances file when it has one, else the built-in defaults."""
     sidecar = sidecar_path(baseline)
@@ -620,7 +642,8 @@ def baseline_tolerances(baseline: Path) -> Tolerances:
 
 def update_baseline(results: Path, baseline: Path, tolerances: Tolerances | None = None) -> int:
     """Write RESULTS' runs as the new baseline (atomically, all columns kept); returns the number of runs."""
-    table = load_runs(runs_path(results), tolerances or baseline_tolerances(baseline), "results")
+    path = runs_path(results)
+    table = load_runs(path, _shared_identity(tolerances or baseline_tolerances(baseline), path, path), "results")
     index_runs(table.runs, _ambiguous(table.runs), "results")  # two runs of one identity: ambiguous baseline
     write_rows_atomic(Path(baseline), table.records, RUNS_COLUMNS)
     return len(table.runs)

@@ -27,11 +27,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from swanbench.run.evaluate import evaluate, evaluate_sharded
+from swanbench.schema import DIVERGED as STATUS_DIVERGED, OK as STATUS_OK, OOM as STATUS_OOM
 from swanbench.suite import Cell, resolve_device
-
-STATUS_OK, STATUS_OOM, STATUS_DIVERGED = "ok", "oom", "diverged"
 
 
 class MemoryBudgetExceeded(RuntimeError):
@@ -89,7 +88,7 @@ def apply_lr(groups: list[dict], factor: float) -> None:
 
 def forward_backward(model: torch.nn.Module, micro_batches: list[torch.Tensor]) -> torch.Tensor:
     """Mean next-token loss over the micro-batches, gradients accumulated (loss / n per micro-batch)."""
-    from swanbench.distributed import grad_sync
+    from swanbench.run.ranks import grad_sync
 
     total = torch.zeros((), device=micro_batches[0].device, dtype=torch.float32)
     for i, ids in enumerate(micro_batches):
@@ -99,31 +98,6 @@ def forward_backward(model: torch.nn.Module, micro_batches: list[torch.Tensor]) 
             loss.backward()
         total += loss.detach().float()
     return total
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: list[np.ndarray], device: str) -> dict[str, float]:
-    """Validation loss: token-weighted and GaLore-compatible, over the fixed validation windows."""
-    model.eval()
-    loss_sum, tokens, batch_means = 0.0, 0, []
-    for window in batches:
-        ids = torch.from_numpy(window).to(device=device, dtype=torch.long)
-        logits = model(input_ids=ids).logits
-        targets = ids[:, 1:].reshape(-1)
-        summed = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets, reduction="sum")
-        value = summed.item()  # a CPU-GPU sync point, outside the timed phases
-        loss_sum += value
-        tokens += targets.numel()
-        batch_means.append(value / targets.numel())
-    model.train()
-    loss = loss_sum / tokens
-    galore = sum(batch_means) / (len(batch_means) + 1)  # the reference script's counter starts at 1
-    return {"eval_loss": loss, "eval_ppl": _ppl(loss), "eval_loss_galore": galore,
-            "eval_ppl_galore": _ppl(galore), "eval_tokens": tokens}
-
-
-def _ppl(loss: float) -> float | None:
-    return math.exp(loss) if math.isfinite(loss) and loss < 700 else None
 
 
 def check_memory_budget(budget: int | None, device: str) -> None:
@@ -162,7 +136,7 @@ class _Loop:
         self.on_curve: Callable[[list[dict]], None] = lambda curve: None
         self.last_eval: dict[str, Any] | None = None
         self.info: dict[str, Any] = {}
-        self.dist = None  # swanbench.distributed.DistEnv of a multi-rank cell
+        self.dist = None  # swanbench.run.ranks.DistEnv of a multi-rank cell
         self.tokens = 0  # global input tokens trained on so far (counted, all-reduced across ranks)
         self.step_tokens = 0
 
@@ -174,7 +148,7 @@ class _Loop:
 
         cell = self.cell
         if cell.world_size > 1:
-            from swanbench.distributed import init_from_env
+            from swanbench.run.ranks import init_from_env
 
             self.dist = init_from_env(self.device)
             self.device = self.dist.device  # cuda:LOCAL_RANK on GPUs
@@ -182,18 +156,18 @@ class _Loop:
         self.emit({"event": "phase", "phase": "data"})
         preset = get_preset(cell.model)
         self.data = load_data(cell.data, model_vocab=preset.vocab, val_tokens=cell.eval_tokens + cell.seq_len)
-        # Global batches of world_size x batch_size windows; each rank keeps its rows (swanbench.distributed)
+        # Global batches of world_size x batch_size windows; each rank keeps its rows (swanbench.run.ranks)
         global_batch = cell.batch_size * cell.world_size
         self.val = self.data.val_batches(cell.seq_len, cell.eval_tokens, global_batch)
         self.batches = self.data.train_batches(cell.seq_len, global_batch, self.seed)
         if self.dist is not None:
-            from swanbench.distributed import shard_batches
+            from swanbench.run.ranks import shard_batches
 
             self.batches = shard_batches(self.batches, self.dist.rank, self.dist.world_size)
         self.emit({"event": "phase", "phase": "model"})
         self.model = build_model(cell.model, dtype=getattr(torch, cell.dtype), device=self.device, seed=self.seed)
         if self.dist is not None:
-            from swanbench.distributed import build_optimizer, wrap_model
+            from swanbench.run.ranks import build_optimizer, wrap_model
 
             self.model = wrap_model(self.model, cell.parallelism, self.dist)
             self.optimizer = build_optimizer(cell.optimizer, self.model, cell.parallelism, cell.hparams_dict())
@@ -238,7 +212,7 @@ class _Loop:
         """Sums over ranks (an all-reduce in a multi-rank cell; one rank: the values themselves)."""
         if self.dist is None:
             return [float(v) for v in values]
-        from swanbench.distributed import reduce_sum
+        from swanbench.run.ranks import reduce_sum
 
         return reduce_sum(values, self.device)
 
@@ -249,8 +223,6 @@ class _Loop:
     def eval_point(self, step: int, tokens: int) -> None:
         """Evaluate now and append a curve row (eval time is not train time)."""
         if self.dist is not None:  # the ranks split each validation batch and sum their losses
-            from swanbench.distributed import evaluate_sharded
-
             result = evaluate_sharded(self.model, self.val, self.device, self.dist)
         else:
             result = evaluate(self.model, self.val, self.device)

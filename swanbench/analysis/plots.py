@@ -33,21 +33,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from swanbench.report import (
-    ALWAYS_AXES, FIGURES_DIR, OK, OPTIONAL_AXES, Results, axis_label, bytes_unit, canonical_name, group_keys,
-    load_results, model_order, numeric, optimizer_order, outcome_text, peak_column, resolve_baseline, select,
-    with_targets,
+from swanbench.analysis.results import (
+    ALWAYS_AXES, FIGURES_DIR, OK, OPTIONAL_AXES, Results, axis_label, baseline_of, bytes_unit, canonical_name,
+    group_keys, load_results, model_order, numeric, optimizer_order, outcome_text, peak_column, resolve_baseline,
+    select, with_targets,
 )
 
 log = logging.getLogger(__name__)
 
-# One colour per optimizer in every figure (tab10-based; variants share a hue with their family).
-OPTIMIZER_COLORS = {
-    "adamw": "#1f77b4", "adam": "#6baed6", "sgd": "#7f7f7f", "sgd-momentum": "#bcbd22",
-    "adafactor": "#9467bd", "muon": "#8c564b", "lion": "#e377c2", "swan": "#d62728", "swan-fast": "#ff9896",
-    "sinkgd": "#2ca02c",
-}
-# Unknown optimizers get these in sorted-name order, so the mapping is the same in every figure of a set.
+# One colour per optimizer in every figure: its registry entry's (`OptimizerInfo.color`). Unknown optimizers get these in sorted-name order, so the mapping is the same in every figure of a set.
 FALLBACK_COLORS = ("#ff7f0e", "#17becf", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5",
                    "#ffbb78", "#393b79")
 
@@ -102,8 +96,12 @@ class Context:
 
 
 def optimizer_colors(names: Sequence[str]) -> dict[str, str]:
-    """Colour of each optimizer: the fixed mapping, then the fallback cycle over unknown names, sorted."""
-    colors = {n: OPTIMIZER_COLORS[canonical_name(n)] for n in names if canonical_name(n) in OPTIMIZER_COLORS}
+    """Colour of each optimizer: its registry entry's, then the fallback cycle over unknown names, sorted."""
+    import optimizers
+
+    registered = set(optimizers.registered())
+    colors = {n: optimizers.info(canonical_name(n)).color for n in names if canonical_name(n) in registered}
+    colors = {n: c for n, c in colors.items() if c}
     unknown = sorted({str(n) for n in names} - set(colors))
     for i, name in enumerate(unknown):
         colors[name] = FALLBACK_COLORS[i % len(FALLBACK_COLORS)]
@@ -841,7 +839,7 @@ def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
 
 
 def draw_figures(results_dir: Path, out_dir: Path | None = None, formats: Sequence[str] = ("png", "svg"),
-                 baseline: str = "adamw", only: Sequence[str] | None = None) -> FigureSet:
+                 baseline: str | None = None, only: Sequence[str] | None = None) -> FigureSet:
     """Draw every figure the tables support; the others are skipped with their reason."""
     formats = check_formats(formats)
     unknown = sorted(set(only or ()) - set(FIGURES))
@@ -851,6 +849,7 @@ def draw_figures(results_dir: Path, out_dir: Path | None = None, formats: Sequen
     out_dir = Path(out_dir) if out_dir is not None else Path(results_dir) / FIGURES_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [n for frame in (results.runs, results.curves) if frame is not None for n in frame["optimizer"]]
+    baseline = baseline_of(results.runs, baseline)
     results = with_targets(results, resolve_baseline(results.runs, baseline) or baseline)
     ctx = Context(results, optimizer_colors(sorted(set(names))), canonical_name(baseline))
     done = FigureSet()
@@ -874,35 +873,3 @@ def plot_results(results_dir: Path, out_dir: Path | None = None, formats: Sequen
                  ) -> list[Path]:
     """Draw every figure the tables of `results_dir` support into `out_dir` (default RESULTS/figures)."""
     return draw_figures(results_dir, out_dir, formats).paths
-
-
-def publish(results_dir: Path, console=None, command: str | None = None,
-            formats: Sequence[str] = ("png", "svg")) -> tuple[FigureSet, Path]:
-    """Figures, then the report that links them: what `swanbench run` does after assembling the tables.
-
-    Matches `swanbench.runner.POST_ASSEMBLY_HOOKS` (`hook(out_dir, console)`). The command line of this
-    process is the exact command when it is the `swanbench` entry point; it is kept in RESULTS/command.txt
-    so that a later `swanbench report RESULTS` shows it too.
-    """
-    from swanbench.report import write_report
-
-    results_dir = Path(results_dir)
-    command = command or _own_command()
-    if command:
-        (results_dir / "command.txt").write_text(command + "\n")
-    done = draw_figures(results_dir, formats=formats)
-    report = write_report(results_dir, command=command)
-    if console is not None:
-        console.print(f"figures: {len(done.paths)} files in {results_dir / FIGURES_DIR}"
-                      + "".join(f"; {name} skipped ({why})" for name, why in done.skipped.items()))
-        console.print(f"report: {report}")
-    return done, report
-
-
-def _own_command() -> str | None:
-    import shlex
-    import sys
-
-    if Path(sys.argv[0]).name != "swanbench":
-        return None
-    return shlex.join(["swanbench", *sys.argv[1:]])

@@ -1,0 +1,77 @@
+"""Publishing a results directory: the last stage of the flow, an explicit step after the tables are assembled.
+
+`publish_suite(out_dir)` writes, from the tables alone and in this order: the quality analysis
+(summary.csv and verdicts.csv, when the baseline ran), the figures (figures/*.png|svg) and the report
+(report.md, which links the figures and shows the verdicts). `swanbench run` calls it after a suite ran;
+`swanbench report` and `swanbench plot` redo parts of it. A failing part is reported and never costs the
+measurements: the tables are already on disk.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from swanbench.analysis.results import baseline_of, load_results, resolve_baseline
+
+COMMAND_FILE = "command.txt"
+
+
+def own_command() -> str | None:
+    """The command line of this process when it is the `swanbench` entry point (kept in command.txt)."""
+    if Path(sys.argv[0]).name != "swanbench":
+        return None
+    return shlex.join(["swanbench", *sys.argv[1:]])
+
+
+def write_quality(out_dir: Path, baseline: str | None = None) -> dict[str, Path]:
+    """summary.csv and verdicts.csv, when the baseline has runs to compare with (else nothing: no target)."""
+    from swanbench.analysis.quality import write_analysis
+
+    runs = load_results(Path(out_dir)).runs
+    if runs is None or resolve_baseline(runs, baseline_of(runs, baseline)) is None:
+        return {}
+    return write_analysis(out_dir, baseline)
+
+
+def publish_suite(out_dir: Path, console: Any = None, *, baseline: str | None = None,
+                  command: str | None = None, formats: Sequence[str] = ("png", "svg")) -> dict[str, Any]:
+    """Quality analysis, figures, report: each part in turn; one that fails is reported, the rest still run."""
+    from swanbench.analysis.plots import draw_figures
+    from swanbench.analysis.report import write_report
+
+    out_dir = Path(out_dir)
+    command = command or own_command()
+    if command:
+        (out_dir / COMMAND_FILE).write_text(command + "\n")
+    steps = (("quality", lambda: write_quality(out_dir, baseline)),
+             ("figures", lambda: draw_figures(out_dir, formats=formats, baseline=baseline)),
+             ("report", lambda: write_report(out_dir, baseline=baseline, command=command)))
+    done: dict[str, Any] = {}
+    for name, step in steps:
+        try:
+            done[name] = step()
+        except Exception as exc:  # a figure must never cost the measurements
+            _say(console, f"[yellow]warning:[/] {name} failed: {type(exc).__name__}: {exc}")
+    _say(console, _summary(out_dir, done))
+    return done
+
+
+def _summary(out_dir: Path, done: dict[str, Any]) -> str:
+    parts = []
+    if done.get("quality"):
+        parts.append("quality: " + ", ".join(str(p) for p in done["quality"].values()))
+    figures = done.get("figures")
+    if figures is not None:
+        parts.append(f"figures: {len(figures.paths)} files in {out_dir / 'figures'}"
+                     + "".join(f"; {name} skipped ({why})" for name, why in figures.skipped.items()))
+    if done.get("report"):
+        parts.append(f"report: {done['report']}")
+    return "\n".join(parts)
+
+
+def _say(console: Any, text: str) -> None:
+    if console is not None and text:
+        console.print(text)

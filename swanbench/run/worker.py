@@ -1,0 +1,120 @@
+"""The process of one run: `python -m swanbench.run.worker RUN_DIR` (under torchrun: one per rank).
+
+A fresh process per run, so one run's allocator state, threads and caches cannot leak into the next.
+It follows the run-directory protocol (`swanbench.rundir`): reads config.json, writes env.json, the
+curve after every eval, and the run's row (run.csv; a rank of a multi-rank run writes rank-<r>.csv and the
+launcher combines them). Progress events go to stdout, logs and tracebacks to stderr.
+Exit code 0 when a row was written (whatever its status); non-zero on a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from swanbench import rundir, schema
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def estimate_columns(cell: Any, device: str, row: dict[str, Any]) -> dict[str, Any]:
+    """The analytic estimate of this run (`swanbench estimate`) and how much of the measured peak it misses."""
+    from swanbench.estimate import EstimateError, estimate_run, unexplained_bytes
+
+    try:
+        cols = estimate_run(cell.model, cell.optimizer, cell.dtype, cell.batch_size, cell.seq_len, device,
+                            grad_accum=cell.grad_accum, world_size=cell.world_size,
+                            parallelism=cell.parallelism)  # per rank on several
+    except EstimateError as exc:  # e.g. an optimizer the estimator has no declaration for
+        return {"estimate_error": str(exc)}
+    cols["unexplained_bytes"] = unexplained_bytes(row, cols["estimate_bytes"])
+    return cols
+
+
+def set_threads(threads: int) -> None:
+    """Pin torch's intra-op threads (0 keeps torch's default). Before any work: it fixes the kernels' plans.
+
+    On a small shared CPU, two spinning OpenMP threads fighting a busy neighbour can make a whitening step
+    hundreds of times slower; a suite that compares step times on such a machine sets `threads = 1`.
+    """
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def run(run_dir: Path, events) -> int:
+    """Run the configured (cell, seed) and write its tables; returns the process exit code."""
+    from swanbench import env as envmod
+    from swanbench.suite import Cell
+
+    config = json.loads((run_dir / rundir.CONFIG_FILE).read_text())
+    cell = Cell.from_dict(config["cell"])
+    set_threads(cell.threads)
+    # Under torchrun (world_size > 1) every rank runs this; rank 0 speaks for the run (env, events, curve),
+    # every rank writes its own row (rank-<r>.csv) and the parent combines them into run.csv.
+    from swanbench.run.ranks import launched_rank, shutdown
+
+    rank = launched_rank() if cell.world_size > 1 else None
+    main_rank = rank in (None, 0)
+    env = envmod.collect(cell.device)
+    if main_rank:
+        rundir.write_json_atomic(run_dir / rundir.ENV_FILE, env)
+    log(f"run {config['run_id']}: {cell.optimizer} on {cell.model}, seed {config['seed']}, device {env['device']}"
+        + (f", rank {rank} of {cell.world_size} ({cell.parallelism})" if rank is not None else ""))
+    identity = rundir.identity_row(config, env)
+    emit = rundir.event_writer(events) if main_rank else (lambda event: None)
+    on_curve = (lambda curve: rundir.write_curve(run_dir, identity, curve)) if main_rank else (lambda curve: None)
+    try:
+        from swanbench.run.train import train
+
+        outcome = train(cell, config["seed"], run_dir, emit, on_curve=on_curve)
+    except Exception as exc:  # a crash is a result too: record it, then exit non-zero
+        traceback.print_exc(file=sys.stderr)
+        _write_own_row(run_dir, rank, {**identity, "status": schema.CRASHED,
+                                       "error": f"{type(exc).__name__}: {exc}"[:rundir.ERROR_CHARS]})
+        return 1
+    identity["params"] = outcome.measures.get("params", identity["params"])
+    if main_rank:
+        rundir.write_curve(run_dir, identity, outcome.curve)
+    row = {**identity, **outcome.measures, "status": outcome.status, "error": outcome.error}
+    row.update(estimate_columns(cell, identity["device"], row))
+    _write_own_row(run_dir, rank, row)
+    log(f"status {outcome.status}" + (f": {outcome.error}" if outcome.error else ""))
+    shutdown()
+    # An OOM on one rank leaves the others waiting in a collective: a non-zero exit makes torchrun stop them.
+    return 0 if rank is None or outcome.status in (schema.OK, schema.DIVERGED) else 3
+
+
+def _write_own_row(run_dir: Path, rank: int | None, row: dict[str, Any]) -> Path:
+    """run.csv for a one-rank run; rank-<r>.csv for a rank of a multi-rank run (combined by the launcher)."""
+    return rundir.write_row(run_dir, row) if rank is None else rundir.write_rank_row(run_dir, rank, row)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not (Path(argv[0]) / rundir.CONFIG_FILE).is_file():
+        print("usage: python -m swanbench.run.worker RUN_DIR (with RUN_DIR/config.json)", file=sys.stderr)
+        return 2
+    events = sys.stdout
+    sys.stdout = sys.stderr  # stray prints from libraries go to the log, not into the event stream
+    code = run(Path(argv[0]), events)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A rank's row is written; gloo's threads can abort the interpreter's static teardown (SIGABRT,
+        # "terminate called without an active exception") while a peer is still shutting down, which
+        # torchrun would report as a failed rank. Leave without that teardown.
+        events.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
