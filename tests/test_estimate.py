@@ -109,7 +109,7 @@ def _profiled_peak(name: str, optimizer: str, batch: int, seq: int) -> int:
     import optimizers
     from torch.profiler import ProfilerActivity, profile
 
-    from swanbench.memprofile import analyse_profile
+    from swanbench.trackers.profiler import analyse_profile
 
     model = build_model(name)
     opt = optimizers.build(optimizer, model)

@@ -5,20 +5,21 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from swanbench.memprofile import NvmlSampler, window_transient
 from swanbench.models import build_model
 from swanbench.schema import RUN_MEASURES
 from swanbench.trackers import (
+    NvmlSampler,
     RunMeter,
     measure_overhead,
     model_param_bytes,
-    optimizer_state_bytes,
     summarize,
     tensor_bytes,
+    window_transient,
 )
 
 VOCAB = 4096  # the nano preset's vocab
@@ -382,18 +383,29 @@ def test_whitening_ms_is_part_of_the_step(matrix_runs):
 
 
 class _FakeCuda:
-    """Just enough of torch.cuda for RunMeter's CUDA branch: an allocator with peaks, and timing events."""
+    """Just enough of torch.cuda for RunMeter's CUDA branch: an allocator with peaks, timing events, and a
+    record of the device every call named (`devices`), so a test can check the meter's device is used."""
 
-    def __init__(self):
+    def __init__(self, current_device: int = 0):
         self.allocated, self.peak, self.reserved_peak, self.retries = 1000, 1000, 4096, 0
         self.resets = 0
+        self.current = current_device
+        self.devices: list[tuple[str, object]] = []  # (call, the device it named)
+        self.history: list[dict] = []  # kwargs of each _record_memory_history call
+        fake = self
+
+        class Stream:
+            def __init__(self, device):
+                self.device = device
 
         class Event:
             def __init__(self, enable_timing=False):
                 self.t = None
 
-            def record(self):
+            def record(self, stream=None):
                 import time
+                # No stream: torch records on the *current* device's stream.
+                fake.devices.append(("Event.record", stream.device if stream is not None else fake.current))
                 self.t = time.perf_counter()
 
             def query(self):
@@ -405,7 +417,7 @@ class _FakeCuda:
             def elapsed_time(self, end):
                 return (end.t - self.t) * 1e3
 
-        self.Event = Event
+        self.Event, self.Stream = Event, Stream
 
     def alloc(self, n):
         self.allocated += n
@@ -415,22 +427,59 @@ class _FakeCuda:
     def free(self, n):
         self.allocated -= n
 
+    def _named(self, call: str, device) -> None:
+        self.devices.append((call, self.current if device is None else device))
+
     def install(self, monkeypatch):
         cuda = torch.cuda
-        monkeypatch.setattr(cuda, "is_available", lambda: True)
-        monkeypatch.setattr(cuda, "Event", self.Event)
-        monkeypatch.setattr(cuda, "synchronize", lambda device=None: None)
-        monkeypatch.setattr(cuda, "memory_stats", lambda device=None: {"num_alloc_retries": self.retries,
-                                                                       "num_ooms": 0})
-        monkeypatch.setattr(cuda, "memory_stats_as_nested_dict", lambda device=None: {
-            "allocated_bytes": {"all": {"current": self.allocated, "peak": self.peak}},
-            "reserved_bytes": {"all": {"current": self.reserved_peak, "peak": self.reserved_peak}}})
+
+        def memory_stats(device=None):
+            self._named("memory_stats", device)
+            return {"num_alloc_retries": self.retries, "num_ooms": 0}
+
+        def nested(device=None):
+            self._named("memory_stats_as_nested_dict", device)
+            return {"allocated_bytes": {"all": {"current": self.allocated, "peak": self.peak}},
+                    "reserved_bytes": {"all": {"current": self.reserved_peak, "peak": self.reserved_peak}}}
 
         def reset(device=None):
+            self._named("reset_peak_memory_stats", device)
             self.resets += 1
             self.peak = self.allocated
 
+        def record_history(enabled="all", **kw):
+            self._named("_record_memory_history", kw.get("device"))
+            self.history.append({"enabled": enabled, **kw})
+
+        monkeypatch.setattr(cuda, "is_available", lambda: True)
+        monkeypatch.setattr(cuda, "current_device", lambda: self.current)
+        monkeypatch.setattr(cuda, "Event", self.Event)
+        monkeypatch.setattr(cuda, "current_stream", lambda device=None: self.Stream(
+            self.current if device is None else device))
+        monkeypatch.setattr(cuda, "synchronize", lambda device=None: self._named("synchronize", device))
+        monkeypatch.setattr(cuda, "memory_stats", memory_stats)
+        monkeypatch.setattr(cuda, "memory_stats_as_nested_dict", nested)
         monkeypatch.setattr(cuda, "reset_peak_memory_stats", reset)
+        monkeypatch.setattr(cuda.memory, "_record_memory_history", record_history)
+        monkeypatch.setattr(cuda.memory, "_dump_snapshot", lambda filename: Path(filename).write_bytes(b"fake"))
+
+
+def _fake_cuda_run(meter, fake, steps: int = 4) -> None:
+    """The harness's loop on the fake allocator: activations, gradients, a gap, a workspace in step()."""
+    with meter:
+        for step in range(steps):
+            with meter.phase("forward_backward", step):
+                fake.alloc(50_000)  # activations, freed by backward
+                fake.free(50_000)
+                fake.alloc(300)  # gradients, live into the step
+            fake.alloc(60_000)  # between phases (a grad clip, say): folded into the run peak at the next window
+            fake.free(60_000)
+            with meter.phase("optimizer_step", step):
+                fake.alloc(2_000 + step)  # whitening workspace, freed before step() returns
+                meter.optimizer.step()
+                fake.free(2_000 + step)
+            fake.free(300)  # zero_grad(set_to_none=True)
+            meter.end_step(step, 16)
 
 
 def test_cuda_windows_on_a_fake_allocator(monkeypatch):
@@ -443,19 +492,7 @@ def test_cuda_windows_on_a_fake_allocator(monkeypatch):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     meter = RunMeter(model, opt, "cuda:0", warmup_steps=1, profile_steps=0)
     assert meter.cuda
-    with meter:
-        for step in range(4):
-            with meter.phase("forward_backward", step):
-                fake.alloc(50_000)  # activations, freed by backward
-                fake.free(50_000)
-                fake.alloc(300)  # gradients, live into the step
-            fake.alloc(60_000)  # between phases (a grad clip, say): folded into the run peak at the next window
-            fake.free(60_000)
-            with meter.phase("optimizer_step", step):
-                fake.alloc(2_000 + step)  # whitening workspace, freed before step() returns
-                fake.free(2_000 + step)
-            fake.free(300)  # zero_grad(set_to_none=True)
-            meter.end_step(step, 16)
+    _fake_cuda_run(meter, fake)
     fake.retries = 2
     res = meter.results()
     assert res["peak_allocated_bytes"] == 1000 + 300 + 60_000  # the gap between phases is not lost
@@ -467,4 +504,162 @@ def test_cuda_windows_on_a_fake_allocator(monkeypatch):
     assert res["timed_steps"] == 3 and res["step_ms"] >= res["optimizer_step_ms"] >= 0
     assert fake.resets >= 8  # one reset per phase window
     assert res["nvml_peak_bytes"] is None  # the fake has no NVML: empty, and said why
-    assert "nvml" in res["measure_errors"]
+    assert res["nvml_error"] == "no NVML here" and "nvml: no NVML here" in res["measure_errors"]
+    assert {device for _, device in fake.devices} == {0}
+
+
+# ------------------------------------------------------------------ cuda:N: the meter's device, never the current one
+
+
+def test_device_index_is_resolved(monkeypatch):
+    from swanbench.trackers import resolve_device
+
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)  # no GPU needed: the index is given
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    _FakeCuda(current_device=3).install(monkeypatch)
+    assert resolve_device("cuda") == torch.device("cuda", 3)  # unindexed: the current device, pinned now
+
+
+def test_every_cuda_call_names_the_meters_device(monkeypatch, tmp_path):
+    """A meter on cuda:1 while cuda:0 is current: events, syncs, peaks, counters and history all name 1."""
+    fake = _FakeCuda(current_device=0)
+    fake.install(monkeypatch)
+    monkeypatch.setattr(NvmlSampler, "start", lambda self: bool(setattr(self, "error", "no NVML here")))
+    model = torch.nn.Linear(4, 4)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)  # so that step() enters the preprocess hook (its interval is timed too)
+    opt = _PreprocessingSGD(model.parameters(), lr=0.1)
+    meter = RunMeter(model, opt, "cuda:1", warmup_steps=1, profile_steps=0, snapshot_path=tmp_path / "s.pickle")
+    assert meter.device == torch.device("cuda", 1) and meter.cuda_index == 1
+    _fake_cuda_run(meter, fake, steps=3)
+    res = meter.results()
+    assert res["whitening_ms"] is not None and res["timed_steps"] == 2
+    calls = {call for call, _ in fake.devices}
+    assert {"Event.record", "synchronize", "reset_peak_memory_stats", "memory_stats_as_nested_dict",
+            "memory_stats", "_record_memory_history"} <= calls
+    assert [(call, d) for call, d in fake.devices if d != 1] == []
+
+
+def test_snapshot_history_records_python_stacks_only(monkeypatch, tmp_path):
+    """stacks="all" symbolises C++ frames at dump time (minutes per snapshot, or a failure without addr2line)."""
+    fake = _FakeCuda()
+    fake.install(monkeypatch)
+    monkeypatch.setattr(NvmlSampler, "start", lambda self: bool(setattr(self, "error", "no NVML here")))
+    model = torch.nn.Linear(4, 4)
+    meter = RunMeter(model, torch.optim.SGD(model.parameters(), lr=0.1), "cuda:0", warmup_steps=0,
+                     profile_steps=0, snapshot_path=tmp_path / "s.pickle", snapshot_max_entries=123)
+    _fake_cuda_run(meter, fake, steps=1)
+    assert fake.history[0]["enabled"] == "all" and fake.history[0]["stacks"] == "python"
+    assert fake.history[0]["max_entries"] == 123
+    assert fake.history[-1]["enabled"] is None  # stopped on exit, after the dump
+    assert meter.results()["memory_snapshot"] == str(tmp_path / "s.pickle")
+
+
+# ------------------------------------------------------------------ why a figure is missing: the *_error columns
+
+
+def _assert_full_row(res, reference):
+    """Every column a healthy run has is still there (empty where the failure cost it)."""
+    assert set(METER_COLUMNS) <= set(res)
+    assert set(reference) <= set(res), sorted(set(reference) - set(res))
+
+
+@pytest.mark.parametrize("failure", ["raises", "empty"])
+def test_profiler_role_failure_is_recorded(monkeypatch, adamw_run, failure):
+    """torch's role analysis raising (its "version mismatch" assertion) or seeing nothing costs the role
+    columns, says why in `profiler_error`, and keeps the raw-event transients and every other column."""
+    from swanbench.trackers import profiler
+
+    def broken(prof, device):
+        if failure == "empty":
+            return [], []
+        raise AssertionError("version mismatch: " + "{TensorKey(id=1): (0, 1)}\n" * 500)  # torch prints it all
+
+    monkeypatch.setattr(profiler, "role_timeline", broken)
+    model = build_model("nano")
+    with pytest.warns(UserWarning) if failure == "raises" else contextlib.nullcontext():
+        _, res = metered_run(model, torch.optim.SGD(model.parameters(), lr=1e-2), steps=3, warmup=1)
+    _assert_full_row(res, adamw_run[2])
+    error = res["profiler_error"]
+    expected = "AssertionError: version mismatch:" if failure == "raises" else "NoMemoryEvents:"
+    assert error.startswith(expected) and "\n" not in error and len(error) <= 300
+    assert f"profiler: {error}" in res["measure_errors"]
+    assert res["parameter_peak_bytes"] is None and res["profiled_step_peak_bytes"] is None
+    # The transient comes from the raw allocation events, which do not need the role analysis.
+    assert res["profiled_steps"] == 1 and res["step_transient_source"] == "profiler"
+    assert res["step_transient_bytes"] is not None and res["timed_steps"] == 1
+
+
+def test_profiler_that_cannot_start_is_recorded(monkeypatch, adamw_run):
+    from torch.profiler import profile
+
+    def refuse(self):
+        raise RuntimeError("Kineto: CUPTI version mismatch")
+
+    monkeypatch.setattr(profile, "start", refuse)
+    model = build_model("nano")
+    _, res = metered_run(model, torch.optim.SGD(model.parameters(), lr=1e-2), steps=3, warmup=1)
+    _assert_full_row(res, adamw_run[2])
+    assert res["profiler_error"] == "RuntimeError: Kineto: CUPTI version mismatch"
+    assert res["profiled_steps"] == 0 and res["parameter_peak_bytes"] is None
+    assert res["timed_steps"] == 2  # the step that was to be profiled ran unprofiled, so it is timed
+    assert not torch.autograd.profiler._is_profiler_enabled
+
+
+def test_healthy_cpu_run_has_empty_error_columns(adamw_run):
+    res = adamw_run[2]
+    assert res["profiler_error"] is None and res["nvml_error"] is None and res["measure_errors"] is None
+
+
+def _fake_nvml(monkeypatch, device_used, process_used):
+    """Stand in for the driver: NVML starts; each sampling call answers from the given callables."""
+    monkeypatch.setattr(NvmlSampler, "_open", lambda self: "handle")
+    monkeypatch.setattr(NvmlSampler, "_close", lambda self: None)
+    monkeypatch.setattr(NvmlSampler, "_device_used", lambda self: device_used())
+    monkeypatch.setattr(NvmlSampler, "_process_used", lambda self: process_used())
+
+
+def _fails_after_first_call(value, exc):
+    calls = []
+
+    def call():
+        calls.append(1)
+        if len(calls) > 1:
+            raise exc
+        return value
+    return call
+
+
+def test_nvml_error_after_start_is_recorded(monkeypatch, adamw_run):
+    fake = _FakeCuda()
+    fake.install(monkeypatch)
+    lost = RuntimeError("NVML_ERROR_GPU_IS_LOST")
+    _fake_nvml(monkeypatch, _fails_after_first_call(10_000, lost), lambda: 500)
+    model = torch.nn.Linear(4, 4)
+    meter = RunMeter(model, torch.optim.SGD(model.parameters(), lr=0.1), "cuda:0", warmup_steps=1,
+                     profile_steps=0, nvml_interval_s=0.001)
+    _fake_cuda_run(meter, fake)
+    res = meter.results()
+    _assert_full_row(res, {k: v for k, v in adamw_run[2].items() if "." not in k})  # not its per-group bytes
+    assert res["nvml_error"] == "RuntimeError: NVML_ERROR_GPU_IS_LOST"
+    assert "nvml: RuntimeError: NVML_ERROR_GPU_IS_LOST" in res["measure_errors"]
+    # What was sampled before the failure is still reported.
+    assert res["nvml_device_baseline_bytes"] == res["nvml_device_peak_bytes"] == 10_000
+    assert res["nvml_peak_bytes"] == 500
+    assert res["profiler_error"] is None
+
+
+def test_nvml_sampler_says_why_the_process_figure_is_missing(monkeypatch):
+    # No exception, yet NVML never lists this process with a size (a PID namespace, MIG): said, not silent.
+    _fake_nvml(monkeypatch, lambda: 10_000, lambda: None)
+    sampler = NvmlSampler(torch.device("cuda", 0), interval_s=0.001)
+    assert sampler.start() and sampler.error is None
+    sampler.stop()
+    assert sampler.process_peak is None and sampler.device_peak == 10_000
+    assert sampler.error.startswith("no process figure") and str(sampler._pid) in sampler.error
+    # A healthy sampler ends with no error.
+    _fake_nvml(monkeypatch, lambda: 10_000, lambda: 700)
+    sampler = NvmlSampler(torch.device("cuda", 0), interval_s=0.001)
+    sampler.start()
+    sampler.stop()
+    assert sampler.error is None and sampler.columns()["nvml_peak_bytes"] == 700
