@@ -5,6 +5,8 @@
 - `SWAN`, `SinkGD`: stateless `torch.optim.Optimizer` classes for 2-D parameters.
 - `HybridOptimizer`, `partition`: hidden matrices to a matrix optimizer, the rest to AdamW, by name rules.
 - `build(name, model, **hparams)`, `available()`, `info(name)`: the registry the suites use.
+- `optimizers.reference` (float64, paper-literal) and `optimizers.variants` (benchmark-only): not imported
+  here; the tests and the kernel benchmark import them by name.
 """
 
 from optimizers import functional

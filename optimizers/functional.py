@@ -4,7 +4,7 @@ Every operator takes a gradient-shaped tensor `g` of shape `[..., m, n]` (torch 
 leading dimensions are a batch of same-shape matrices processed together) in any floating dtype, computes
 in fp32 (fp64 stays fp64) and returns a NEW tensor of dtype `torch.promote_types(g.dtype, torch.float32)`;
 the input is never modified. Variants that mattered for speed stay callable by name (`method=`), so the
-kernel benchmark (`swanbench/kernels.py`) can compare them.
+kernel benchmark (`swanbench.kernels`) can compare them.
 
 - `grad_norm(g)`: GradNorm, row standardisation (SWAN, arXiv 2412.13148).
 - `grad_whiten(g, steps, beta, method)`: GradWhitening `(G G^T)^(-1/2) G` on the smaller Gram side by the

@@ -10,7 +10,10 @@ in-place tricks, so the tests can check the fast path against an independent rea
 - `nsds_reference`: the diagonal-substitution loop with `torch.diag` matrices.
 - `sr_sinkhorn_reference`: explicit row and column normalisation of a materialised matrix.
 - `muon_quintic_reference`: X <- a X + b (X X^T) X + c (X X^T)^2 X.
-Everything is float64; inputs are single matrices [m, n] (batch them with a loop).
+- `polar_reference`: exact whitening (G G^T)^{+1/2} G by eigendecomposition, the point every whitening
+  operator (and Muon) approaches; the kernel benchmark's rel_error of those operators is measured against it.
+Everything is float64; inputs are single matrices [m, n] (batch them with a loop; `grad_norm_reference`
+also takes a batch [..., m, n]).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ __all__ = [
     "nsds_reference",
     "sr_sinkhorn_reference",
     "muon_quintic_reference",
+    "polar_reference",
 ]
 
 
@@ -112,3 +116,21 @@ def muon_quintic_reference(g: Tensor, steps: int = 5, coefficients=(3.4445, -4.7
         gram = x @ x.T
         x = a * x + b * gram @ x + c * gram @ gram @ x
     return x.T if tall else x
+
+
+def polar_reference(g: Tensor) -> Tensor:
+    """Exact whitening (G G^T)^{+1/2} G on the smaller side (G (G^T G)^{+1/2} for a tall G).
+
+    The pseudo-inverse square root drops eigenvalues below s * eps * lambda_max (s = the smaller side), so
+    a rank-deficient Gram (a square matrix after GradNorm, whose rows sum to zero) stays finite; for a
+    full-rank G this is the polar factor U V^T. Independent of `functional.whiten_exact` on purpose (same
+    mathematics, its own code), so that one can check the other.
+    """
+    x = _f64(g)
+    if x.shape[0] > x.shape[1]:
+        return polar_reference(x.T).T
+    gram = x @ x.T
+    evals, evecs = torch.linalg.eigh(gram)
+    cutoff = evals.max() * gram.shape[0] * torch.finfo(torch.float64).eps
+    inv_sqrt = torch.where(evals > cutoff, evals.clamp_min(cutoff).rsqrt(), torch.zeros_like(evals))
+    return (evecs * inv_sqrt) @ (evecs.T @ x)

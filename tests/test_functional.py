@@ -1,4 +1,5 @@
-"""The pure operators against float64, paper-literal references, on every shape class.
+"""The pure operators against float64, paper-literal references, on every shape class; the references'
+own properties; and the benchmark-only variants of `optimizers.variants` against the same references.
 
 Tolerances: the fast paths compute in fp32, so a relative Frobenius error of a few 1e-7 per operation is
 rounding; the bounds below (1e-5 .. 1e-4) sit one to two orders above what the operators show and far below
@@ -14,6 +15,7 @@ import torch
 
 from optimizers import functional as F
 from optimizers import reference as R
+from optimizers import variants as V
 
 SHAPES = {"square": (32, 32), "tall": (48, 20), "wide": (20, 48), "batched": (3, 2, 16, 24)}
 
@@ -79,6 +81,15 @@ def test_grad_norm_rows_are_standardised_and_zero_rows_stay_zero():
     rest = torch.cat([out[:5], out[8:]])
     assert rest.mean(dim=1).abs().max() < 1e-6
     assert (rest.var(dim=1, correction=0) - 1).abs().max() < 1e-5
+
+
+def test_grad_norm_reference_standardises_rows_and_keeps_zero_rows():
+    g = randn((4, 8), dtype=torch.float64)
+    n = R.grad_norm_reference(g)
+    assert torch.allclose(n.mean(-1), torch.zeros(4, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(n.pow(2).mean(-1), torch.ones(4, dtype=torch.float64))
+    zeros = torch.zeros(2, 3, dtype=torch.float64)
+    assert torch.equal(R.grad_norm_reference(zeros), zeros)
 
 
 def test_grad_norm_is_scale_free_above_eps():
@@ -161,6 +172,29 @@ def test_whiten_exact_is_polar_factor_and_pseudo_inverse():
     assert F.whiten_exact(low).dtype == torch.float64
 
 
+@pytest.mark.parametrize("shape", [(5, 9), (9, 5), (7, 7)])
+def test_polar_reference_is_u_vt(shape):
+    g = randn(shape, dtype=torch.float64)
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    assert torch.allclose(R.polar_reference(g), u @ vh, atol=1e-10)
+
+
+def test_polar_reference_of_a_rank_deficient_square_matrix_stays_finite():
+    g = R.grad_norm_reference(randn((6, 6), seed=4, dtype=torch.float64))  # rows sum to 0: rank <= 5
+    w = R.polar_reference(g)
+    assert torch.isfinite(w).all()
+    # on the range of g the result is an isometry: singular values 1 (x5) and 0 (x1)
+    s = torch.linalg.svdvals(w)
+    assert torch.allclose(s[:5], torch.ones(5, dtype=torch.float64), atol=1e-8) and s[5] < 1e-8
+
+
+def test_polar_reference_agrees_with_whiten_exact():
+    """Two independent readings of (G G^T)^{+1/2} G: the reference and the operator the benchmark times."""
+    square_after_grad_norm = R.grad_norm_reference(randn((12, 12), seed=8, dtype=torch.float64))
+    for g in (INPUTS["wide"], INPUTS["tall"], INPUTS["square"], square_after_grad_norm):
+        assert rel_err(R.polar_reference(g), F.whiten_exact(g)) < 1e-12
+
+
 def test_zero_row_stays_zero_through_whitening():
     g = INPUTS["zero_row"]
     for out in (F.grad_whiten(g), F.whiten_diag(g), F.whiten_exact(g)):
@@ -216,6 +250,11 @@ def test_sr_sinkhorn_hits_norm_targets():
     assert (once.norm(dim=1) / math.sqrt(n) - 1).abs().max() > 1e-3
 
 
+def test_sr_sinkhorn_reference_ends_on_column_norms():
+    s = R.sr_sinkhorn_reference(randn((4, 8), dtype=torch.float64), 5)
+    assert torch.allclose(s.norm(dim=0), torch.full((8,), math.sqrt(4), dtype=torch.float64))
+
+
 def test_sr_sinkhorn_zero_row_stays_zero():
     out = F.sr_sinkhorn(INPUTS["zero_row"], iters=5)
     assert torch.isfinite(out).all() and torch.equal(out[5], torch.zeros(40))
@@ -235,6 +274,40 @@ def test_blocked_sinkhorn_with_many_blocks(monkeypatch):
     assert F.sinkhorn_block_rows(40) == 3
     g = INPUTS["zero_row"]
     assert rel_err(F.sr_sinkhorn(g, iters=5), R.sr_sinkhorn_reference(g, 5)) < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------
+# Benchmark-only variants (optimizers.variants): the same mathematics, one implementation choice undone
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["square", "tall", "wide", "batched"])
+def test_literal_newton_schulz_variant_matches_reference(name):
+    g = INPUTS[name]
+    out = V.newton_schulz_literal(g, 6, 0.5)
+    assert out.dtype == torch.float32 and out.shape == g.shape
+    assert rel_err(out, per_matrix(lambda m: R.newton_schulz_reference(m, 6, 0.5), g)) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["square", "tall", "wide", "batched"])
+def test_bf16_newton_schulz_variant_is_the_iteration_at_bf16_precision(name):
+    """Its error is bf16 rounding (8-bit mantissa, ~4e-3 per product): far above fp32, far below a wrong step."""
+    g = INPUTS[name]
+    out = V.newton_schulz_bf16(g, 6, 0.5)
+    assert out.dtype == torch.float32 and out.shape == g.shape
+    err = rel_err(out, per_matrix(lambda m: R.newton_schulz_reference(m, 6, 0.5), g))
+    assert 1e-4 < err < 5e-2
+
+
+def test_reused_out_sinkhorn_keeps_one_buffer_per_instance():
+    wide, tall = INPUTS["wide"], INPUTS["tall"]
+    reused = V.SrSinkhornReusedOut(iters=5, method="blocked")
+    first = reused(wide).data_ptr()
+    out = reused(wide)
+    assert out.data_ptr() == first and rel_err(out, R.sr_sinkhorn_reference(wide, 5)) < 1e-5
+    out = reused(tall)  # a new shape replaces the buffer
+    assert out.shape == tall.shape and rel_err(out, R.sr_sinkhorn_reference(tall, 5)) < 1e-5
+    assert reused(tall).data_ptr() == out.data_ptr()
+    assert V.SrSinkhornReusedOut(iters=5, method="blocked")(tall).data_ptr() != out.data_ptr()  # its own buffer
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,16 +1,25 @@
-"""The operator micro-benchmark: suite validation, inputs, float64 references, the memory counter,
-timing statistics and an end-to-end run of suites/whitening-quick.toml (a few seconds on 2 cores)."""
+"""The operator micro-benchmark: suite validation, inputs, the reference cache, the memory counter,
+timing statistics, the model summary and an end-to-end run of suites/whitening-quick.toml (a few seconds on
+2 cores). The float64 references and the benchmark-only variants are tested with the optimizers
+(tests/test_functional.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from optimizers.registry import StepPart
+from swanbench import costmodel as cm
 from swanbench import kernels as K
+from swanbench.kernels import cases as kcases
+from swanbench.kernels import inputs as kinputs
+from swanbench.kernels import measure as kmeasure
+from swanbench.kernels import rows as krows
+from swanbench.kernels import summary as ksummary
 from swanbench.models import PRESETS
 from swanbench.suite import SuiteError
 from swanbench.tables import KERNELS_COLUMNS, read_table
@@ -74,13 +83,22 @@ def test_every_method_resolves_to_a_function():
             assert callable(K.resolve_callable(method))
 
 
+def test_a_stateful_method_gets_a_new_instance_per_resolve():
+    """The reused output buffer belongs to one run (its RunContext.callables), never to a module."""
+    from optimizers.variants import SrSinkhornReusedOut
+
+    method = K.METHODS["sr_sinkhorn"]["native-L5-out"]
+    first, second = K.resolve_callable(method), K.resolve_callable(method)
+    assert method.stateful and isinstance(first, SrSinkhornReusedOut) and first is not second
+
+
 # --------------------------------------------------------------------------------------------------
 # Shapes, cases, skips, budget
 # --------------------------------------------------------------------------------------------------
 
 def test_shapes_are_deduplicated_and_named():
     suite = _suite(models=["60m", "1b"], square=[512, 100])
-    shapes = {(s.rows, s.cols): s for s in K.suite_shapes(suite)}
+    shapes = {(s.rows, s.cols): s for s in kcases.suite_shapes(suite)}
     assert shapes[(512, 512)].role == "qkvo" and shapes[(512, 512)].models == ("60m",)  # square 512 folded in
     assert shapes[(5461, 2048)].role == "gate_up" and shapes[(2048, 5461)].role == "down"
     assert shapes[(100, 100)].role == "square"
@@ -91,28 +109,28 @@ def test_skip_rules_and_compile_models():
     suite = _suite(models=["nano", "1b"], operators=["whiten_exact", "grad_norm"], compile=["eager", "compiled"],
                    compile_models=["nano"], dtypes=["float32", "bfloat16"],
                    skip=[{"operator": "whiten_exact", "model": "1b", "reason": "too slow"}])
-    cases = K.expand_cases(suite, K.suite_shapes(suite))
+    cases = kcases.expand_cases(suite, kcases.suite_shapes(suite))
     assert not [c for c in cases if c.compile == "compiled" and "1b" in c.shape.models]
-    reasons = {(c.method.operator, c.shape.models): K.skip_reason(suite, c) for c in cases}
+    reasons = {(c.method.operator, c.shape.models): kcases.skip_reason(suite, c) for c in cases}
     assert reasons[("whiten_exact", ("1b",))] == "too slow"
     assert reasons[("grad_norm", ("1b",))] is None and reasons[("whiten_exact", ("nano",))] is None
 
 
 def test_plan_repeats_fits_the_budget():
     suite = _suite(repeats=10, min_repeats=3, warmup=2, max_case_seconds=10)
-    assert K.plan_repeats(suite, 0.01, None) == (2, 10)      # cheap: everything
-    assert K.plan_repeats(suite, 2.0, None) == (2, 3)        # 5 calls fit: warm-up kept, 3 timed
-    assert K.plan_repeats(suite, 4.0, None) == (0, 2)        # 2 fit: warm-up dropped first
-    assert K.plan_repeats(suite, 30.0, None) == (0, 1)       # always at least one timed call
-    assert K.plan_repeats(suite, None, None) == (2, 10)
+    assert krows.plan_repeats(suite, 0.01, None) == (2, 10)      # cheap: everything
+    assert krows.plan_repeats(suite, 2.0, None) == (2, 3)        # 5 calls fit: warm-up kept, 3 timed
+    assert krows.plan_repeats(suite, 4.0, None) == (0, 2)        # 2 fit: warm-up dropped first
+    assert krows.plan_repeats(suite, 30.0, None) == (0, 1)       # always at least one timed call
+    assert krows.plan_repeats(suite, None, None) == (2, 10)
 
 
 def test_budget_skips_cases_the_machine_cannot_finish():
     suite = _suite(models=["7b"], operators=["grad_whiten:ns-b0.8-k10"], max_case_seconds=1)
-    limits = K.MachineLimits(matmul_tflops={"float32": 0.25}, copy_gbps=40.0)
-    ctx = K.RunContext(suite, "cpu", "test cpu", limits, K.ReferenceCache())
-    case = K.expand_cases(suite, K.suite_shapes(suite))[0]
-    reason = K._budget_reason(ctx, case)
+    limits = kmeasure.MachineLimits(matmul_tflops={"float32": 0.25}, copy_gbps=40.0)
+    ctx = krows.RunContext(suite, "cpu", "test cpu", limits, kinputs.ReferenceCache())
+    case = kcases.expand_cases(suite, kcases.suite_shapes(suite))[0]
+    reason = krows.budget_reason(ctx, case)
     assert reason is not None and "max_case_seconds = 1" in reason
 
 
@@ -121,60 +139,33 @@ def test_budget_skips_cases_the_machine_cannot_finish():
 # --------------------------------------------------------------------------------------------------
 
 def test_inputs_share_values_across_dtypes_and_orientation():
-    wide32 = K.make_input(6, 10, 1, "float32", 3, "cpu")
-    wide16 = K.make_input(6, 10, 1, "bfloat16", 3, "cpu")
-    tall32 = K.make_input(10, 6, 1, "float32", 3, "cpu")
+    wide32 = kinputs.make_input(6, 10, 1, "float32", 3, "cpu")
+    wide16 = kinputs.make_input(6, 10, 1, "bfloat16", 3, "cpu")
+    tall32 = kinputs.make_input(10, 6, 1, "float32", 3, "cpu")
     assert wide16.dtype == torch.bfloat16 and torch.equal(wide16.float(), wide32)
     assert torch.equal(tall32, wide32.T) and tall32.is_contiguous()
-    batch = K.make_input(6, 10, 4, "float32", 3, "cpu")
+    batch = kinputs.make_input(6, 10, 4, "float32", 3, "cpu")
     assert batch.shape == (4, 6, 10) and not torch.equal(batch[0], batch[1])
 
 
-@pytest.mark.parametrize("shape", [(5, 9), (9, 5), (7, 7)])
-def test_reference_polar_is_u_vt(shape):
-    g = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    u, _, vh = torch.linalg.svd(g, full_matrices=False)
-    assert torch.allclose(K.reference_polar(g), u @ vh, atol=1e-10)
-
-
-def test_reference_polar_of_a_rank_deficient_square_matrix_stays_finite():
-    g = K.reference_grad_norm(torch.randn(6, 6, dtype=torch.float64))  # rows sum to 0: rank <= 5
-    w = K.reference_polar(g)
-    assert torch.isfinite(w).all()
-    # on the range of g the result is an isometry: singular values 1 (x5) and 0 (x1)
-    s = torch.linalg.svdvals(w)
-    assert torch.allclose(s[:5], torch.ones(5, dtype=torch.float64), atol=1e-8) and s[5] < 1e-8
-
-
-def test_reference_grad_norm_and_sinkhorn():
-    g = torch.randn(4, 8, dtype=torch.float64)
-    n = K.reference_grad_norm(g)
-    assert torch.allclose(n.mean(-1), torch.zeros(4, dtype=torch.float64), atol=1e-12)
-    assert torch.allclose(n.pow(2).mean(-1), torch.ones(4, dtype=torch.float64))
-    assert torch.equal(K.reference_grad_norm(torch.zeros(2, 3, dtype=torch.float64)), torch.zeros(2, 3,
-                                                                                                  dtype=torch.float64))
-    s = K.reference_sr_sinkhorn(g, 5)
-    assert torch.allclose(s.norm(dim=0), torch.full((8,), math.sqrt(4), dtype=torch.float64))
-
-
 def test_reference_cache_serves_the_transposed_shape():
-    cache = K.ReferenceCache()
-    wide = K.make_input(4, 9, 1, "float32", 0, "cpu").double()
-    key = K.reference_key(4, 9, 0)
+    cache = kinputs.ReferenceCache()
+    wide = kinputs.make_input(4, 9, 1, "float32", 0, "cpu").double()
+    key = kinputs.reference_key(4, 9, 0)
     ref = cache.polar(wide, key)
     assert torch.equal(cache.polar(wide.T, key), ref.T)  # same entry, transposed
 
 
 def test_median_iqr():
-    assert K.median_iqr([5.0, 1.0, 3.0, 2.0, 4.0]) == (3.0, 2.0)
-    assert K.median_iqr([1.0, 3.0]) == (2.0, None)  # too few samples for quartiles
-    assert K.median_iqr([]) == (None, None)
+    assert kmeasure.median_iqr([5.0, 1.0, 3.0, 2.0, 4.0]) == (3.0, 2.0)
+    assert kmeasure.median_iqr([1.0, 3.0]) == (2.0, None)  # too few samples for quartiles
+    assert kmeasure.median_iqr([]) == (None, None)
 
 
 def test_live_bytes_counts_intermediates_not_inputs_or_views():
     x = torch.randn(256, 256)
     nbytes = x.numel() * 4
-    with K.LiveBytes([x]) as counter:
+    with kmeasure.LiveBytes([x]) as counter:
         a = x * 2          # +1
         b = a + 1          # +1 -> peak 2
         del a              # -1
@@ -182,7 +173,7 @@ def test_live_bytes_counts_intermediates_not_inputs_or_views():
         d = c * 3          # +1 -> 2 again (a is gone)
         del b, c, d
     assert counter.peak == 2 * nbytes
-    with K.LiveBytes([x]) as counter:
+    with kmeasure.LiveBytes([x]) as counter:
         x.T.contiguous()
         x.view(-1)  # a view of the input is not counted
     assert counter.peak == nbytes
@@ -207,7 +198,7 @@ def test_quick_suite_writes_every_operator_with_real_values(quick_run):
     machine = frame[frame["bound"] == "limit"]
     assert set(machine["operator"]) == {"matmul", "copy"}  # the limits travel with the table for figures
     frame = frame[frame["bound"] != "limit"]
-    expected = len(K.suite_shapes(suite)) * len(suite.dtypes) * len(suite.methods)
+    expected = len(kcases.suite_shapes(suite)) * len(suite.dtypes) * len(suite.methods)
     assert len(frame) == expected and set(frame["status"]) == {"ok"}
     assert set(frame["operator"]) == set(K.METHODS) and not frame["compile"].any()
     assert (frame["ms_median"] > 0).all() and (frame["flops"] > 0).all() and (frame["tflops"] > 0).all()
@@ -239,29 +230,87 @@ def test_quick_suite_machine_models_and_env(quick_run):
     models = read_table(out / K.MODELS_FILE, required=K.MODEL_COLUMNS)
     nano = models[models["model"] == "nano"]
     assert nano["measured_step_ms"].notna().all() and (nano["flop_share"] > 0).all()
+    assert set(models["config"]) == {c.label for c in cm.STEP_CONFIGS}
+    assert set(models["optimizer"]) == {c.optimizer for c in cm.STEP_CONFIGS}
     big = models[models["model"] == "1b"]  # 1b shapes are not in the quick suite: measured stays empty
     assert big["measured_step_ms"].isna().all() and big["missing"].notna().all()
     env = json.loads((out / K.ENV_FILE).read_text())
     assert env["torch_threads"] == torch.get_num_threads() and "load_average_before" in env
 
 
-def test_model_summary_sums_measured_parts():
+def _sinkgd_rows(model: str) -> list[dict]:
+    """Two of SinkGD's kernels measured on every hidden shape of `model`: 1 ms and 3 ms (fastest calls half)."""
+    part, = cm.step_config("sinkgd").parts()
     rows = []
-    shapes = K.role_shapes("nano")
-    (op, alternatives), = K.STEP_PARTS["sinkgd_L5"]
-    for (r, c) in shapes.values():
-        # two of SinkGD's kernels measured: the step counts the faster one of each matrix
-        for method, ms in ((alternatives[0], 1.0), (alternatives[-1], 3.0)):
-            rows.append({"status": "ok", "compile": False, "operator": op, "method": method, "rows": r, "batch": 1,
-                         "cols": c, "dtype": "float32", "ms_median": ms, "ms_min": ms / 2})
-    limits = K.MachineLimits(matmul_tflops={"float32": 1.0, "bfloat16": 2.0}, copy_gbps=10.0)
-    summary = {s["optimizer"]: s for s in K.model_summary(rows, limits, ["nano"], 1000, "cpu", None)}
+    for (r, c) in kcases.role_shapes(model).values():
+        for method, ms in ((part.methods[0], 1.0), (part.methods[-1], 3.0)):
+            rows.append({"status": "ok", "compile": False, "operator": part.operator, "method": method, "rows": r,
+                         "batch": 1, "cols": c, "dtype": "float32", "ms_median": ms, "ms_min": ms / 2})
+    return rows
+
+
+LIMITS = dict(matmul_tflops={"float32": 1.0, "bfloat16": 2.0}, copy_gbps=10.0)
+
+
+def test_model_summary_sums_measured_parts():
+    limits = kmeasure.MachineLimits(**LIMITS)
+    summary = {s["config"]: s for s in K.model_summary(_sinkgd_rows("nano"), limits, ["nano"], 1000, "cpu", None)}
     matrices = len(PRESETS["nano"].hidden_matrix_shapes())
-    assert summary["sinkgd_L5"]["measured_step_ms"] == pytest.approx(matrices * 1.0)
-    assert summary["sinkgd_L5"]["measured_step_ms_best"] == pytest.approx(matrices * 0.5)
-    assert summary["swan_b0.5_k6"]["measured_step_ms"] is None and summary["swan_b0.5_k6"]["missing"]
-    ideal = summary["sinkgd_L5"]["ideal_fwd_bwd_ms_fp32"]
-    assert summary["sinkgd_L5"]["time_share_vs_fp32_model"] == pytest.approx(matrices / ideal)
+    sink, swan = summary["sinkgd"], summary[cm.step_config("swan", beta=0.5, steps=6).label]
+    assert sink["optimizer"] == "sinkgd" and swan["optimizer"] == "swan"
+    assert sink["measured_step_ms"] == pytest.approx(matrices * 1.0)  # the faster kernel of each matrix counts
+    assert sink["measured_step_ms_best"] == pytest.approx(matrices * 0.5)
+    assert swan["measured_step_ms"] is None and swan["missing"]
+    assert sink["time_share_vs_fp32_model"] == pytest.approx(matrices / sink["ideal_fwd_bwd_ms_fp32"])
+
+
+def test_model_summary_names_configurations_by_registry_and_label():
+    limits = kmeasure.MachineLimits(**LIMITS)
+    summary = K.model_summary(_sinkgd_rows("nano"), limits, ["nano"], 1000, "cpu", None)
+    assert [(s["optimizer"], s["config"]) for s in summary] == [(c.optimizer, c.label) for c in cm.STEP_CONFIGS]
+    for s, config in zip(summary, cm.STEP_CONFIGS):
+        assert s["step_flops"] == cm.step_flops(PRESETS["nano"].hidden_matrix_shapes(), config.flops)
+
+
+@pytest.fixture
+def throwaway_optimizer():
+    """A registry entry with one step part (SinkGD's L=5 kernels, at twice the flops), removed afterwards."""
+    from optimizers import registry
+
+    base = registry._ENTRIES["sinkgd"]
+    part = StepPart("sr_sinkhorn", ("native-L5", "vectors-L5"), lambda r, c: 2 * r * c)
+    info = dataclasses.replace(base.info, name="throwaway-sink", _parts=lambda hp: (part,))
+    registry._register(info, base.build, base.validate)
+    try:
+        yield info.name
+    finally:
+        del registry._ENTRIES[info.name]
+
+
+def test_a_new_registry_entry_joins_the_model_summary(throwaway_optimizer):
+    limits = kmeasure.MachineLimits(**LIMITS)
+    summary = K.model_summary(_sinkgd_rows("nano"), limits, ["nano"], 1000, "cpu", None)
+    row, = [s for s in summary if s["optimizer"] == throwaway_optimizer]
+    shapes = PRESETS["nano"].hidden_matrix_shapes()
+    assert row["config"] == throwaway_optimizer
+    assert row["step_flops"] == sum(2 * r * c for r, c in shapes)
+    assert row["measured_step_ms"] == pytest.approx(len(shapes) * 3.0)  # only vectors-L5 of its methods measured
+
+
+def test_headline_reads_the_summary_by_label():
+    limits = kmeasure.MachineLimits(**LIMITS)
+    rows = _sinkgd_rows("nano")
+    part, = cm.step_config("swan", beta=0.5, steps=6).parts()[1:]
+    for (r, c) in kcases.role_shapes("nano").values():
+        for op, method in (("grad_norm", "rowwise"), (part.operator, part.methods[0])):
+            rows.append({**rows[0], "operator": op, "method": method, "rows": r, "cols": c, "ms_median": 10.0,
+                         "ms_min": 5.0})
+    summary = K.model_summary(rows, limits, ["nano"], 1000, "cpu", None)
+    lines = ksummary.headline_lines(rows, summary, limits)
+    ratio, = [line for line in lines if line.startswith("- nano: sinkgd step / swan beta=0.5 steps=6 step")]
+    assert "= 0.0500 " in ratio  # 1 ms vs 2 x 10 ms per matrix
+    table = "\n".join(ksummary.summary_table(summary))
+    assert "| nano | sinkgd |" in table and "| nano | swan beta=0.5 steps=6 |" in table
 
 
 @pytest.mark.gpu
@@ -290,7 +339,7 @@ def test_total_budget_skips_the_tail_with_a_reason(tmp_path):
 
 def test_primary_cases_run_first():
     suite = _suite(models=["nano"], operators=["grad_norm:rowwise"], dtypes=["float32", "bfloat16"], batch=[1, 4])
-    order = [c for _, cases in K.ordered_work(suite) for c in cases]
-    primary = [K.is_primary(suite, c) for c in order]
+    order = [c for _, cases in kcases.ordered_work(suite) for c in cases]
+    primary = [kcases.is_primary(suite, c) for c in order]
     assert primary == sorted(primary, reverse=True)  # all primary cases before any variant
-    assert sum(primary) == len(K.suite_shapes(suite)) and len(order) == 4 * len(K.suite_shapes(suite))
+    assert sum(primary) == len(kcases.suite_shapes(suite)) and len(order) == 4 * len(kcases.suite_shapes(suite))
