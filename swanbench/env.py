@@ -53,11 +53,18 @@ def cpu_name() -> str | None:
     return platform.processor() or None
 
 
+def resolve_device(device: str) -> str:
+    """"auto" as the device this machine has ("cuda" when a GPU is visible, else "cpu"); others as given."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def device_info(device: str | None = None) -> dict[str, Any]:
     """The device a run uses (imports torch): its name, memory and the CUDA/cuDNN versions."""
     import torch
-
-    from swanbench.suite import resolve_device
 
     resolved = resolve_device(device or "auto")
     info: dict[str, Any] = {"device": resolved, "cuda_available": torch.cuda.is_available(),

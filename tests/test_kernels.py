@@ -22,7 +22,8 @@ from swanbench.kernels import rows as krows
 from swanbench.kernels import summary as ksummary
 from swanbench.models import PRESETS
 from swanbench.suite import SuiteError
-from swanbench.tables import KERNELS_COLUMNS, read_table
+from swanbench.schema import KERNELS_COLUMNS
+from swanbench.tables import read_table
 
 SUITES = Path(__file__).resolve().parent.parent / "suites"
 QUICK = SUITES / "whitening-quick.toml"
@@ -194,7 +195,7 @@ def quick_run(tmp_path_factory):
 def test_quick_suite_writes_every_operator_with_real_values(quick_run):
     out, path, suite = quick_run
     frame = read_table(path, required=KERNELS_COLUMNS)
-    assert list(frame.columns[:len(KERNELS_COLUMNS)]) == KERNELS_COLUMNS
+    assert list(frame.columns[:len(KERNELS_COLUMNS)]) == list(KERNELS_COLUMNS)
     machine = frame[frame["bound"] == "limit"]
     assert set(machine["operator"]) == {"matmul", "copy"}  # the limits travel with the table for figures
     frame = frame[frame["bound"] != "limit"]

@@ -95,7 +95,7 @@ def write_synthetic(root: Path, *, optimizers=("adamw", "swan", "sinkgd"), seeds
 
 
 def _context(root: Path):
-    from swanbench.analysis.plots import Context, optimizer_colors
+    from swanbench.analysis.figures.common import Context, optimizer_colors
 
     results = load_results(root)
     return Context(results, optimizer_colors(sorted(set(results.runs["optimizer"]))), "adamw")
@@ -106,7 +106,7 @@ def _context(root: Path):
 
 def test_optimizer_colours_fixed_and_fallback_distinct():
     import optimizers
-    from swanbench.analysis.plots import optimizer_colors
+    from swanbench.analysis.figures.common import optimizer_colors
 
     a = optimizer_colors(["swan", "adamw", "zeta", "alpha"])
     b = optimizer_colors(["SWAN", "sinkgd"])
@@ -121,7 +121,7 @@ def test_optimizer_colours_fixed_and_fallback_distinct():
 
 
 def test_pareto_front_keeps_only_non_dominated_points():
-    from swanbench.analysis.plots import pareto_front
+    from swanbench.analysis.figures.pareto import pareto_front
 
     points = [(1.0, 50.0), (2.0, 40.0), (2.5, 45.0), (3.0, 39.0), (0.5, 80.0)]
     assert pareto_front(points) == [(0.5, 80.0), (1.0, 50.0), (2.0, 40.0), (3.0, 39.0)]
@@ -131,7 +131,7 @@ def test_pareto_front_keeps_only_non_dominated_points():
 
 
 def test_memory_stack_derives_other_from_peak_when_activations_unmeasured(tmp_path):
-    from swanbench.analysis.plots import memory_stack
+    from swanbench.analysis.figures.memory import memory_stack
 
     ctx = _context(write_synthetic(tmp_path))
     runs = ctx.results.runs
@@ -144,7 +144,7 @@ def test_memory_stack_derives_other_from_peak_when_activations_unmeasured(tmp_pa
 
 
 def test_memory_stack_uses_profiler_activations_when_present(tmp_path):
-    from swanbench.analysis.plots import memory_stack
+    from swanbench.analysis.figures.memory import memory_stack
 
     ctx = _context(write_synthetic(tmp_path))
     rows = ctx.results.runs.assign(activation_peak_bytes=123 * MIB)
@@ -161,7 +161,7 @@ def test_memory_stack_uses_profiler_activations_when_present(tmp_path):
 
 
 def test_memory_figure_says_units_and_marks_failed_run(tmp_path):
-    from swanbench.analysis.plots import plot_memory
+    from swanbench.analysis.figures.memory import plot_memory
 
     fig = plot_memory(_context(write_synthetic(tmp_path)))
     labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
@@ -173,7 +173,7 @@ def test_memory_figure_says_units_and_marks_failed_run(tmp_path):
 
 
 def test_time_figure_splits_whitening_out_of_the_step(tmp_path):
-    from swanbench.analysis.plots import plot_time, time_split
+    from swanbench.analysis.figures.time import plot_time, time_split
 
     ctx = _context(write_synthetic(tmp_path))
     runs = ctx.results.runs
@@ -185,7 +185,7 @@ def test_time_figure_splits_whitening_out_of_the_step(tmp_path):
 
 
 def test_kernels_figure_draws_machine_limits_log_log(tmp_path):
-    from swanbench.analysis.plots import plot_kernels
+    from swanbench.analysis.figures.kernels import plot_kernels
 
     fig = plot_kernels(_context(write_synthetic(tmp_path)))
     # One column per input dtype, one row per measure, all log-log.
@@ -199,7 +199,7 @@ def test_kernels_figure_draws_machine_limits_log_log(tmp_path):
 def test_kernels_figure_reads_machine_csv_and_skips_skipped_rows(tmp_path):
     import pandas as pd
 
-    from swanbench.analysis.plots import kernel_rows, plot_kernels
+    from swanbench.analysis.figures.kernels import kernel_rows, plot_kernels
 
     root = write_synthetic(tmp_path)
     # The layout swanbench.kernels writes: limits in machine.csv, compile as eager/compiled, skipped rows.
@@ -222,7 +222,7 @@ def test_kernels_figure_reads_machine_csv_and_skips_skipped_rows(tmp_path):
 def test_perplexity_figure_has_band_target_and_baseline(tmp_path):
     from matplotlib.collections import PolyCollection
 
-    from swanbench.analysis.plots import plot_perplexity
+    from swanbench.analysis.figures.perplexity import plot_perplexity
 
     fig = plot_perplexity(_context(write_synthetic(tmp_path)))
     ax = fig.axes[0]
@@ -238,7 +238,7 @@ def test_perplexity_figure_has_band_target_and_baseline(tmp_path):
 def test_one_seed_draws_no_band(tmp_path):
     from matplotlib.collections import PolyCollection
 
-    from swanbench.analysis.plots import plot_perplexity
+    from swanbench.analysis.figures.perplexity import plot_perplexity
 
     fig = plot_perplexity(_context(write_synthetic(tmp_path, seeds=(0,), failed=False)))
     assert not any(isinstance(c, PolyCollection) for ax in fig.axes for c in ax.collections)
@@ -246,7 +246,7 @@ def test_one_seed_draws_no_band(tmp_path):
 
 
 def test_pareto_figure_lists_what_it_cannot_place(tmp_path):
-    from swanbench.analysis.plots import plot_pareto
+    from swanbench.analysis.figures.pareto import plot_pareto
 
     fig = plot_pareto(_context(write_synthetic(tmp_path, optimizers=("adamw", "swan"))))
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
@@ -260,7 +260,7 @@ def test_pareto_figure_lists_what_it_cannot_place(tmp_path):
 def test_plot_results_writes_every_figure_in_each_format(tmp_path):
     from matplotlib.image import imread
 
-    from swanbench.analysis.plots import plot_results
+    from swanbench.analysis.figures import plot_results
 
     paths = plot_results(write_synthetic(tmp_path / "res"))
     names = sorted(p.name for p in paths)
@@ -274,12 +274,12 @@ def test_plot_results_writes_every_figure_in_each_format(tmp_path):
 
 
 def test_missing_columns_and_tables_skip_with_reason(tmp_path, caplog):
-    from swanbench.analysis.plots import draw_figures
+    from swanbench.analysis.figures import draw_figures
 
     root = write_synthetic(tmp_path, kernels=False,
                            drop=("status", "whitening_ms", "forward_backward_ms", "optimizer_step_ms",
                                  "final_eval_ppl", "tokens_to_target", "train_seconds", "eval_ppl", "params"))
-    with caplog.at_level(logging.INFO, logger="swanbench.analysis.plots"):
+    with caplog.at_level(logging.INFO, logger="swanbench.analysis.figures"):
         done = draw_figures(root, formats=("png",))
     assert sorted(p.stem for p in done.paths) == ["memory", "perplexity", "time"]
     assert done.skipped["kernels"] == "no kernels.csv"
@@ -288,7 +288,7 @@ def test_missing_columns_and_tables_skip_with_reason(tmp_path, caplog):
 
 
 def test_only_curves_table(tmp_path):
-    from swanbench.analysis.plots import draw_figures
+    from swanbench.analysis.figures import draw_figures
 
     write_synthetic(tmp_path, kernels=False)
     draw_figures(tmp_path, formats=("pdf",), only=("memory",))
@@ -300,7 +300,7 @@ def test_only_curves_table(tmp_path):
 
 
 def test_bad_format_and_empty_directory_are_clear_errors(tmp_path):
-    from swanbench.analysis.plots import plot_results
+    from swanbench.analysis.figures import plot_results
     from swanbench.tables import TableError
 
     with pytest.raises(TableError, match="no runs.csv, curves.csv or kernels.csv"):
@@ -352,7 +352,7 @@ def test_publish_writes_figures_report_and_command(tmp_path):
 def test_machine_limits_prefer_the_per_row_peaks(tmp_path):
     import pandas as pd
 
-    from swanbench.analysis.plots import machine_limits
+    from swanbench.analysis.figures.kernels import machine_limits
 
     root = write_synthetic(tmp_path)
     kernels = pd.read_csv(root / "kernels.csv").assign(matmul_tflops_peak=2.0, copy_gbps_peak=30.0,

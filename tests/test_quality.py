@@ -288,7 +288,9 @@ def test_speedup_verdict_and_analyze(tmp_path):
 
     runs.to_csv(tmp_path / "runs.csv", index=False)
     curves.to_csv(tmp_path / "curves.csv", index=False)
-    written = quality.write_analysis(tmp_path)
+    from swanbench.analysis.publish import write_analysis
+
+    written = write_analysis(tmp_path)
     again = pd.read_csv(written["summary"])
     assert len(again) == len(summary)
     assert set(pd.read_csv(written["verdicts"])["sooner_verdict"]) == {"sooner", "later"}

@@ -114,7 +114,7 @@ def test_report_without_baseline_says_so(tmp_path):
 
 
 def test_report_links_figures_drawn_before(tmp_path):
-    from swanbench.analysis.plots import draw_figures
+    from swanbench.analysis.figures import draw_figures
 
     root = write_synthetic(tmp_path)
     draw_figures(root, formats=("png",), only=("memory", "pareto"))

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from swanbench.analysis.results import baseline_of, load_results, resolve_baseline
+from swanbench.analysis.results import annotated_for, baseline_of, resolve_baseline
+from swanbench.schema import CURVES_FILE, RUNS_FILE, SUMMARY_FILE, VERDICTS_FILE
+from swanbench.tables import read_table, write_rows_atomic
 
 COMMAND_FILE = "command.txt"
 
@@ -26,12 +28,32 @@ def own_command() -> str | None:
     return shlex.join(["swanbench", *sys.argv[1:]])
 
 
+def write_analysis(results_dir: Path, baseline: str | None = None) -> dict[str, Path]:
+    """Read runs.csv and curves.csv in `results_dir`, write summary.csv and verdicts.csv beside them.
+
+    baseline: the suite's declared one (runs.csv `suite_baseline`) unless given. runs.csv is not rewritten
+    (the runner owns it); its tokens-to-target columns are used as assembled when they are for this
+    baseline. Raises tables.TableError if a table is missing or unreadable.
+    """
+    from swanbench.analysis.quality import analyze
+
+    results_dir = Path(results_dir)
+    runs = read_table(results_dir / RUNS_FILE, required=["run_id", "optimizer", "seed"])
+    curves = read_table(results_dir / CURVES_FILE, required=["run_id", "tokens", "eval_loss"])
+    baseline = baseline_of(runs, baseline)
+    result = analyze(runs, curves, baseline, annotated=annotated_for(runs, baseline))
+    written = {}
+    for name, file in (("summary", SUMMARY_FILE), ("verdicts", VERDICTS_FILE)):
+        frame = result[name]
+        rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        written[name] = write_rows_atomic(results_dir / file, rows, list(frame.columns))
+    return written
+
+
 def write_quality(out_dir: Path, baseline: str | None = None) -> dict[str, Path]:
     """summary.csv and verdicts.csv, when the baseline has runs to compare with (else nothing: no target)."""
-    from swanbench.analysis.quality import write_analysis
-
-    runs = load_results(Path(out_dir)).runs
-    if runs is None or resolve_baseline(runs, baseline_of(runs, baseline)) is None:
+    runs = read_table(Path(out_dir) / RUNS_FILE, required=["optimizer"])
+    if resolve_baseline(runs, baseline_of(runs, baseline)) is None:
         return {}
     return write_analysis(out_dir, baseline)
 
@@ -39,7 +61,7 @@ def write_quality(out_dir: Path, baseline: str | None = None) -> dict[str, Path]
 def publish_suite(out_dir: Path, console: Any = None, *, baseline: str | None = None,
                   command: str | None = None, formats: Sequence[str] = ("png", "svg")) -> dict[str, Any]:
     """Quality analysis, figures, report: each part in turn; one that fails is reported, the rest still run."""
-    from swanbench.analysis.plots import draw_figures
+    from swanbench.analysis.figures import draw_figures
     from swanbench.analysis.report import write_report
 
     out_dir = Path(out_dir)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
@@ -523,27 +522,3 @@ def _verdict_row(annotated: pd.DataFrame, optimizer: str, config: str, base: str
     merged = loss.merge(sooner, on=keys, how="outer")
     merged.insert(0, "optimizer", optimizer)
     return merged
-
-
-def write_analysis(results_dir: Path, baseline: str | None = None) -> dict[str, Path]:
-    """Read runs.csv and curves.csv in `results_dir`, write summary.csv and verdicts.csv beside them.
-
-    baseline: the suite's declared one (runs.csv `suite_baseline`) unless given. runs.csv is not rewritten
-    (the runner owns it); its tokens-to-target columns are used as assembled when they are for this
-    baseline. Raises tables.TableError if a table is missing or unreadable.
-    """
-    from swanbench.analysis.results import _annotated_for, baseline_of
-    from swanbench.schema import CURVES_FILE, RUNS_FILE, SUMMARY_FILE, VERDICTS_FILE
-    from swanbench.tables import read_table, write_rows_atomic
-
-    results_dir = Path(results_dir)
-    runs = read_table(results_dir / RUNS_FILE, required=["run_id", "optimizer", "seed"])
-    curves = read_table(results_dir / CURVES_FILE, required=["run_id", "tokens", "eval_loss"])
-    baseline = baseline_of(runs, baseline)
-    result = analyze(runs, curves, baseline, annotated=_annotated_for(runs, baseline))
-    written = {}
-    for name, file in (("summary", SUMMARY_FILE), ("verdicts", VERDICTS_FILE)):
-        frame = result[name]
-        rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
-        written[name] = write_rows_atomic(results_dir / file, rows, list(frame.columns))
-    return written

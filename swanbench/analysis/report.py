@@ -4,7 +4,7 @@ Reads the tables through `swanbench.analysis.results` (never a log), groups runs
 model x device, plus whichever other cell axes of `swanbench.schema` vary: dtype, seq_len, batch_size,
 parallelism, ...), counts seeds and summarises every key measure as n, mean and spread, with a Diff %
 against the baseline optimizer (the suite's declared `baseline`, adamw by default). The figures
-(`swanbench.analysis.plots`) draw from the same helpers, so a figure and the report never disagree about
+(`swanbench.analysis.figures`) draw from the same helpers, so a figure and the report never disagree about
 which runs count.
 
 Conventions, stated once:

@@ -129,7 +129,7 @@ def with_targets(results: Results, baseline: str = DEFAULT_BASELINE) -> Results:
     lack them.
     """
     runs, curves = results.runs, results.curves
-    if runs is None or curves is None or _annotated_for(runs, baseline):
+    if runs is None or curves is None or annotated_for(runs, baseline):
         return results
     from swanbench.analysis.quality import annotate_tokens_to_target
 
@@ -145,7 +145,7 @@ def with_targets(results: Results, baseline: str = DEFAULT_BASELINE) -> Results:
     return results
 
 
-def _annotated_for(runs: pd.DataFrame, baseline: str) -> bool:
+def annotated_for(runs: pd.DataFrame, baseline: str) -> bool:
     """runs.csv carries tokens-to-target computed against `baseline` (the suite's own, at assembly)."""
     if "tokens_to_target" not in runs.columns:
         return False

@@ -31,7 +31,7 @@ def fit(
     from swanbench import fit as fitlib
     from swanbench.estimate import EstimateError, canonical_dtype, format_bytes, parse_bytes
     from swanbench.models import UnknownModelError, get_preset
-    from swanbench.suite import resolve_device
+    from swanbench.env import resolve_device
 
     console = Console()
     try:

@@ -22,7 +22,7 @@ def plot(
         "--only", help="Draw only these figures (memory, time, kernels, perplexity, pareto); repeatable.")] = None,
 ) -> None:
     """Draw memory, time, kernel, perplexity and Pareto figures from the tables (never from logs)."""
-    from swanbench.analysis.plots import draw_figures
+    from swanbench.analysis.figures import draw_figures
     from swanbench.tables import TableError
 
     try:

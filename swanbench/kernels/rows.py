@@ -115,7 +115,7 @@ def _callable(ctx: RunContext, case: Case) -> Callable:
 def _base_row(ctx: RunContext, case: Case) -> dict:
     """The columns every row has, run or skipped: what the case is and what the machine offers it."""
     from swanbench import __version__
-    from swanbench.tables import SCHEMA_VERSION
+    from swanbench.schema import SCHEMA_VERSION
 
     m, r, c = case.method, case.shape.rows, case.shape.cols
     return {

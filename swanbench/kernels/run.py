@@ -20,11 +20,12 @@ from swanbench.kernels.inputs import ReferenceCache, make_input
 from swanbench.kernels.measure import (MACHINE_COLUMNS, MachineLimits, finalize_peaks, machine_rows, matmul_row,
                                        measure_limits, time_matmul)
 from swanbench.kernels.operators import resolve_callable
+from swanbench.schema import MACHINE_FILE, MODELS_FILE
 from swanbench.kernels.rows import RunContext, budget_reason, native_reason, run_case, skipped_row
 from swanbench.kernels.suite import KernelSuite
 from swanbench.kernels.summary import MODEL_COLUMNS, headline_lines, model_summary, shape_table, summary_table
 
-MACHINE_FILE, MODELS_FILE, ENV_FILE, HEADLINE_FILE = "machine.csv", "models.csv", "env.json", "headline.md"
+ENV_FILE, HEADLINE_FILE = "env.json", "headline.md"
 
 Say = Callable[[str], None]
 
@@ -41,7 +42,7 @@ def run_kernel_suite(suite: KernelSuite, out_dir: Path, console=None) -> Path:
     Returns the path of kernels.csv.
     """
     from swanbench import env as envmod
-    from swanbench.suite import resolve_device
+    from swanbench.env import resolve_device
 
     out_dir, say = Path(out_dir), _sayer(console)
     device = resolve_device(suite.device)
@@ -161,7 +162,8 @@ def _summary_text(row: dict) -> str:
 
 def _write_tables(ctx: RunContext, rows: list[dict], out_dir: Path, say: Say) -> Path:
     """machine.csv, kernels.csv (limits first), models.csv and headline.md; returns kernels.csv's path."""
-    from swanbench.tables import KERNELS_COLUMNS, KERNELS_FILE, write_rows_atomic
+    from swanbench.schema import KERNELS_COLUMNS, KERNELS_FILE
+    from swanbench.tables import write_rows_atomic
 
     suite, limits = ctx.suite, ctx.limits
     write_rows_atomic(out_dir / MACHINE_FILE, [

@@ -83,7 +83,7 @@ def cell_gpus(cell: Any, kind: str = "slurm") -> int:
     if cell.device == "cpu":
         return 0
     if kind == "local":
-        from swanbench.suite import resolve_device
+        from swanbench.env import resolve_device
 
         return cell.world_size if resolve_device(cell.device).startswith("cuda") else 0
     return cell.world_size

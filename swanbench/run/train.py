@@ -30,7 +30,8 @@ import torch
 
 from swanbench.run.evaluate import evaluate, evaluate_sharded
 from swanbench.schema import DIVERGED as STATUS_DIVERGED, OK as STATUS_OK, OOM as STATUS_OOM
-from swanbench.suite import Cell, resolve_device
+from swanbench.env import resolve_device
+from swanbench.suite import Cell
 
 
 class MemoryBudgetExceeded(RuntimeError):

@@ -1,0 +1,90 @@
+"""Pareto: peak memory against final perplexity, per model, with the non-dominated front."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from swanbench.analysis.figures.common import (BYTES_NOTE, Context, Series, SkipFigure, empty_panel, facet_grid,
+                                               facet_rows, failure_text, mean_ok, runs_or_skip, series_of, series_rows,
+                                               std_ok)
+from swanbench.analysis.results import OK, bytes_unit, peak_column
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both axes (lower x and lower y), sorted by x."""
+    front: list[tuple[float, float]] = []
+    for px, py in sorted(points):
+        if not front or py < front[-1][1]:
+            front.append((px, py))
+    return front
+
+
+def plot_pareto(ctx: Context) -> Figure:
+    """Peak memory against final eval perplexity per optimizer, one panel per (model, device)."""
+    runs = runs_or_skip(ctx, ["final_eval_ppl"])
+    if peak_column(runs[runs["status"] == OK]) is None:
+        raise SkipFigure("no ok run has a peak memory column (peak_allocated_bytes, nvml_peak_bytes, peak_rss_bytes)")
+    fig, axes, models, devices = facet_grid(runs, panel=(4.2, 3.4))
+    series = series_of(runs, ctx.baseline)
+    for r, device in enumerate(devices):
+        for c, model in enumerate(models):
+            _pareto_panel(axes[r, c], facet_rows(runs, model, device), series, ctx)
+            axes[r, c].set_title(f"{model} · {device}", fontsize=10)
+    fig.suptitle("Peak memory against final eval perplexity, mean ± std over ok seeds\n"
+                 f"grey staircase: Pareto front (lower-left is better); {BYTES_NOTE}", fontsize=9)
+    return fig
+
+
+def _pareto_panel(ax, frame: pd.DataFrame, series: list[Series], ctx: Context) -> None:
+    peak = peak_column(frame[frame["status"] == OK])
+    if peak is None:
+        empty_panel(ax, "no peak memory measured")
+        return
+    points, absent = [], []
+    for s in series:
+        rows, label = series_rows(frame, s), s.label
+        mem, ppl = mean_ok(rows, peak[0]), mean_ok(rows, "final_eval_ppl")
+        if math.isfinite(mem) and math.isfinite(ppl):
+            points.append((s, mem, ppl, std_ok(rows, peak[0]), std_ok(rows, "final_eval_ppl")))
+        else:
+            absent.append(f"{label}: {failure_text(rows) if not (rows['status'] == OK).any() else 'n/a'}")
+    if not points:
+        empty_panel(ax, "\n".join(["no ok run with both values", *absent]))
+        return
+    scale, unit = bytes_unit(max(p[1] for p in points))
+    xy = [(mem / scale, ppl) for _, mem, ppl, _, _ in points]
+    front = pareto_front(xy)
+    ax.plot(*zip(*front), color="#999999", linewidth=4, alpha=0.4, drawstyle="steps-post", zorder=1)
+    for (s, mem, ppl, mem_err, ppl_err), dy in zip(points, label_offsets(xy)):
+        color = ctx.colors.get(s.optimizer, "black")
+        ax.errorbar(mem / scale, ppl, xerr=_finite(mem_err, scale), yerr=_finite(ppl_err, 1.0),
+                    marker=s.marker, markersize=7, color=color,
+                    capsize=3, zorder=3, linestyle="none")
+        ax.annotate(s.label, (mem / scale, ppl), textcoords="offset points", xytext=(6, dy), fontsize=7,
+                    color=color)
+    if absent:
+        ax.text(0.98, 0.98, "not shown:\n" + "\n".join(absent), transform=ax.transAxes, ha="right", va="top",
+                fontsize=7, color="#b22222")
+    ax.set_xlabel(f"{peak[1]} [{unit}]", fontsize=8)
+    ax.set_ylabel("final eval perplexity")
+    ax.margins(0.15)
+    ax.grid(True, alpha=0.25)
+
+
+def label_offsets(points: Sequence[tuple[float, float]], step: float = 9.0) -> list[float]:
+    """Vertical label offsets (points) so that labels of coinciding or close points stack, not overprint."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    offsets = []
+    for i, (x, y) in enumerate(points):
+        near = sum(abs(x - px) < 0.1 * span_x and abs(y - py) < 0.05 * span_y for px, py in points[:i])
+        offsets.append(4.0 - step * near)
+    return offsets
+
+
+def _finite(err: float, scale: float) -> float | None:
+    return err / scale if math.isfinite(err) else None
