@@ -7,9 +7,9 @@ the input is never modified. Variants that mattered for speed stay callable by n
 kernel benchmark (`swanbench/kernels.py`) can compare them.
 
 - `grad_norm(g)`: GradNorm, row standardisation (SWAN, arXiv 2412.13148).
-- `grad_whiten(g, steps, beta, method)`: GradWhitening `(G G^T)^(-1/2) G` on the smaller Gram side by the
-  coupled Newton-Schulz iteration (`method="newton-schulz"`) or its diagonal-substitution variant
-  (`method="diag"`, SWAN's fast NSDS).
+- `grad_whiten(g, steps, beta, method, precision)`: GradWhitening `(G G^T)^(-1/2) G` on the smaller Gram side
+  by the coupled Newton-Schulz iteration (`method="newton-schulz"`) or its diagonal-substitution variant
+  (`method="diag"`, SWAN's fast NSDS), with the products in fp32 (default), TF32 (CUDA) or bf16.
 - `whiten_exact(g)`: the float64 eigendecomposition reference (pseudo-inverse square root).
 - `sr_sinkhorn(g, iters, method)`: SinkGD's square-root Sinkhorn normalisation (arXiv 2502.06742, Alg. 3);
   on CPU the default runs the C kernels of `optimizers.native` when a C compiler is there.
@@ -19,11 +19,18 @@ Cost model (ALGORITHMS.md section 3), per m x n matrix with s = min(m, n):
 coupled NS `4 s^2 max(m,n) + 6 k s^3` flops (this implementation skips the products that are known
 in closed form: step 1 needs one s x s product, the last step two, so it does (3k - 3) instead of 3k);
 NSDS `4 s^2 max(m,n) + O(k s^2)`; SR-Sinkhorn `~6 L m n` flops, memory-bound.
+
+Range: every norm is computed without overflow or underflow for any finite input, from the fp32 maximum
+(3.4e38) down to denormals: GradNorm and the first SR-Sinkhorn row step scale each row by a power of two
+(exact) before summing squares, whitening scales the matrix (it is scale-free), and the C kernels fall back
+to double for the rare rows whose fp32 sums leave a safe range. Only the `eps` floors see absolute units.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -34,9 +41,11 @@ __all__ = [
     "GRAD_NORM_EPS",
     "GRAD_NORM_METHODS",
     "WHITEN_METHODS",
+    "WHITEN_PRECISIONS",
     "SINKHORN_METHODS",
     "grad_norm",
     "grad_whiten",
+    "effective_whiten_precision",
     "whiten_newton_schulz",
     "whiten_diag",
     "whiten_exact",
@@ -55,6 +64,7 @@ GRAD_NORM_EPS = 1e-8
 
 GRAD_NORM_METHODS = ("auto", "native", "torch")
 WHITEN_METHODS = ("newton-schulz", "diag")
+WHITEN_PRECISIONS = ("fp32", "tf32", "bf16")
 SINKHORN_METHODS = ("native", "blocked", "vectors", "naive")
 
 # SR-Sinkhorn's blocked kernel squares this many bytes of rows at a time: small enough to stay in L2
@@ -89,18 +99,50 @@ def _eye_add_(x: Tensor, value: float | Tensor) -> Tensor:
     return x
 
 
+def _pow2_scale(amax: Tensor) -> Tensor:
+    """2^-e with amax = f 2^e, f in [0.5, 1): multiplying by it is exact and brings amax into [0.5, 1).
+
+    Elementwise on a tensor of non-negative maxima (fp32 or fp64, any shape); a zero (or non-finite) maximum
+    gets 1. The exponent is clamped to the dtype's normal range, so the scale itself is always a normal
+    number (a denormal maximum then lands in [2^-23, 1), still far from under- or overflow when squared).
+    """
+    _, exp = torch.frexp(amax)
+    if amax.dtype == torch.float64:
+        bits = (-exp.to(torch.int64)).clamp_(-1022, 1023).add_(1023).bitwise_left_shift_(52)
+        return bits.view(torch.float64)
+    bits = (-exp.to(torch.int32)).clamp_(-126, 127).add_(127).bitwise_left_shift_(23)
+    return bits.view(torch.float32).to(amax.dtype)
+
+
+def _matrix_amax(x: Tensor) -> Tensor:
+    """max |x| of every matrix of a batch [..., m, n], shape [..., 1, 1] (NaN propagates)."""
+    return torch.linalg.vector_norm(x, float("inf"), dim=(-2, -1), keepdim=True)
+
+
 def frobenius_rescale_(x: Tensor, target: float, eps: float = GRAD_NORM_EPS, check_finite: bool = False) -> Tensor:
     """Scale each matrix of `x` ([..., m, n]) in place to Frobenius norm `target`; a zero matrix stays zero.
 
     SWAN's update scale: target sqrt(m*n) gives entry RMS 1, the size of an Adam update.
-    check_finite: raise FloatingPointError if a norm is inf/NaN (a diverged whitening), before scaling;
-    costs one host sync, no extra pass (the norms are needed anyway).
+    The norm is exact for any finite x: the fp32 sum of squares is used when it is safely inside the
+    range (every practical update), otherwise each matrix is first scaled by a power of two (one extra pass,
+    taken only then; deciding costs the one host sync the norm check already needs). `eps` floors the norm
+    in x's units (a matrix of norm below eps is multiplied by target / eps).
+    check_finite: raise FloatingPointError if x has inf/NaN (a diverged whitening), before scaling.
     """
     norm = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
-    if check_finite and not bool(torch.isfinite(norm).all()):
-        raise FloatingPointError(
-            "whitening produced inf/NaN from a finite gradient: the Newton-Schulz iteration diverged "
-            "(rank-deficient Gram matrix with (3*beta)**steps too large; see grad_whiten's docstring)")
+    lo, hi = 2.0 ** -60, 2.0 ** 60
+    safe = bool(((norm >= lo) & (norm <= hi)).all())  # NaN and inf are not safe
+    if not safe:
+        amax = _matrix_amax(x)
+        if check_finite and not bool(torch.isfinite(amax).all()):
+            raise FloatingPointError(
+                "whitening produced inf/NaN from a finite gradient: the Newton-Schulz iteration diverged "
+                "(rank-deficient Gram matrix with (3*beta)**steps too large; see grad_whiten's docstring)")
+        scale = _pow2_scale(amax)
+        x.mul_(scale)  # exact; the norm below is now that of a matrix with max entry in [0.5, 1)
+        norm = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
+        floor = (scale * eps).clamp_min_(torch.finfo(x.dtype).tiny)
+        return x.mul_(target / torch.maximum(norm, floor))
     return x.mul_(target / norm.clamp_min_(eps))
 
 
@@ -118,8 +160,10 @@ def _grad_norm_into(g: Tensor, out: Tensor, eps: float, method: str = "auto") ->
     """out = (g - mean_row) / max(std_row, eps), reading `g` in its own dtype and writing `out` once.
 
     On CPU (fp32/bf16) the C kernel of `optimizers.native` does it in one read from memory per row (the
-    row stays in cache for its mean, centred variance and the write). Otherwise torch: one Welford
-    reduction, then out = (g - mean) * inv_std.
+    row stays in cache for its mean, centred variance and the write; rows whose fp32 statistics leave a
+    safe range are redone in double). Otherwise torch: every row is scaled by a power of two that brings its
+    largest entry into [0.5, 1) (exact, so the result is unchanged, but no sum can overflow or underflow),
+    then one Welford reduction and out = (x - mean) * inv_std, with eps scaled alike.
     A bf16/fp16 gradient is first copied into `out` (fp32): torch's var_mean returns statistics in the
     input dtype, and a bf16 mean/std would put ~1e-3 relative error on every entry.
     """
@@ -129,13 +173,19 @@ def _grad_norm_into(g: Tensor, out: Tensor, eps: float, method: str = "auto") ->
     if method != "torch" and _native_grad_norm_ok(g, out):
         return native.grad_norm_into(g, out, eps)
     if g.dtype != out.dtype:
-        g = out.copy_(g)  # the multiply-add below then runs in place (full overlap is allowed)
-    var, mean = torch.var_mean(g, dim=-1, correction=0, keepdim=True)
-    inv_std = var.to(out.dtype).clamp_min_(eps * eps).rsqrt_()
+        g = out.copy_(g)  # copy_ converts without a temporary (a mixed-dtype mul would cast g first)
+    amax = torch.linalg.vector_norm(g, float("inf"), dim=-1, keepdim=True)
+    scale = _pow2_scale(amax)
+    x = torch.mul(g, scale, out=out)  # in place when g is out; full overlap is allowed
+    var, mean = torch.var_mean(x, dim=-1, correction=0, keepdim=True)
+    # eps in the scaled units; never below the smallest normal number, so a constant row (std 0) gets a
+    # finite 1/floor and its exact zeros stay zeros
+    floor = scale.mul_(eps).clamp_min_(torch.finfo(out.dtype).tiny)
+    inv_std = var.sqrt_().maximum(floor).reciprocal_()
     # Subtract, then scale: a constant row (std below eps, so inv_std = 1/eps) becomes exactly 0. The fused
     # g * inv_std + (-mean * inv_std) left the rounding error of mean * inv_std, O(1) there (3.8 on a
     # one-column matrix, 0.15 on a row of 0.1s).
-    return torch.sub(g, mean.to(out.dtype), out=out).mul_(inv_std)
+    return x.sub_(mean).mul_(inv_std)
 
 
 def grad_norm(g: Tensor, eps: float = GRAD_NORM_EPS, method: str = "auto") -> Tensor:
@@ -144,7 +194,9 @@ def grad_norm(g: Tensor, eps: float = GRAD_NORM_EPS, method: str = "auto") -> Te
     `Gn = (G - mean_row(G)) / max(std_row(G), eps)` with the population std (divide by n). Every row of
     the result has mean 0 and, unless its std is below `eps`, std 1 (row l2 norm sqrt(n)); an all-zero or
     constant row maps to zeros. `eps` (default 1e-8, in the gradient's units) is a floor, not an offset, so
-    it biases no ordinary row (the paper does not state one).
+    it biases no ordinary row (the paper does not state one). Any finite input is in range, from rows of
+    3e38 down to denormals (each row's statistics are computed on a power-of-two rescaled copy, or in
+    double by the C kernel), so the result matches the float64 reference to fp32 rounding.
 
     Args:
         g: gradient `[..., m, n]`, any float dtype.
@@ -176,12 +228,34 @@ def whiten_buffers(steps: int, method: str = "newton-schulz") -> int:
     return min(steps + 1, 4)
 
 
-def _gram(x: Tensor) -> tuple[Tensor, bool]:
-    """(Gram matrix on the smaller side, whether the input is tall). x: fp32 [B, m, n]."""
-    tall = x.shape[-2] > x.shape[-1]
-    # x^T x for tall, x x^T otherwise: the transposed operand is a view, BLAS reads it with a trans flag.
-    a = torch.bmm(x.mT, x) if tall else torch.bmm(x, x.mT)
-    return a, tall
+# After GradNorm every row sums to zero, so (1, ..., 1) is a null vector of G^T G. A batch counts as
+# "centred" for the automatic deflation when ||G 1|| <= this * ||G||_F: GradNorm's fp32 output sits near
+# 1e-7 here, a matrix whose rows merely happen to have small means near 1.
+CENTERED_ROWS_RTOL = 1e-5
+
+
+# In bf16 / TF32 the normalised Gram's entries carry relative rounding of 2^-9 / 2^-11, so its eigenvalues
+# below a few times that are noise, and a negative one makes the coupled iteration grow cubically (not to
+# inf, so no check catches it: 1e34 on a 128 x 128 square layer). Y0 + delta I keeps them positive:
+# directions with x0^2 below ~delta are damped instead of amplified. (In fp32 the same noise is ~1e-7, below
+# anything k <= ~20 steps can blow up, and the paper's iteration is kept unshifted.)
+LOW_PRECISION_SHIFT = {"bf16": 2.0 ** -10, "tf32": 2.0 ** -12}
+
+
+def _right_side(m: int, n: int, method: str) -> bool:
+    """Whiten with the n x n Gram G^T G (result G Z) rather than G G^T (result Z G)?
+
+    Always for tall G (the smaller side). For square G under the coupled iteration too: its result does not
+    depend on the side (both are U p_k(S) V^T), and G^T G is the side where GradNorm's null vector
+    (1, ..., 1) is known. NSDS is not spectral, so square matrices keep its G G^T.
+    """
+    return m > n or (m == n and method == "newton-schulz")
+
+
+def _gram(x: Tensor, right: bool) -> Tensor:
+    """Gram matrix x^T x (right) or x x^T of a batch x [B, m, n]; the transposed operand is a view (BLAS
+    reads it with a trans flag)."""
+    return torch.bmm(x.mT, x) if right else torch.bmm(x, x.mT)
 
 
 def _normalise_gram_(a: Tensor) -> Tensor:
@@ -189,6 +263,78 @@ def _normalise_gram_(a: Tensor) -> Tensor:
     fro = torch.linalg.vector_norm(a, dim=(-2, -1), keepdim=True).clamp_min_(torch.finfo(a.dtype).tiny)
     a.div_(fro)
     return fro
+
+
+def _deflate_(y: Tensor, x: Tensor, trace: Tensor | None, centered: bool | None) -> None:
+    """Y0 += (1/n) 1 1^T where the rows of x sum to zero: the known null direction e = 1/sqrt(n) of
+    A = x^T x gets eigenvalue 1 instead of the fp32 rounding noise (~1e-7 of the top eigenvalue) that the
+    iteration's slope 3b at zero would amplify by (3b)^k.
+
+    Exact: e is orthogonal to A's range, and the coupled iteration is a polynomial in Y0, so on the range
+    nothing changes; in the result G Z the added direction contributes (G e) e^T z(1), and G e is rounding
+    noise. centered=True: every matrix of the batch (SWAN, after GradNorm); None: the matrices with
+    ||x 1|| <= CENTERED_ROWS_RTOL ||x||_F (trace = ||x||_F^2 per matrix, from the Gram before normalising).
+    """
+    n = y.shape[-1]
+    if centered:
+        y.add_(1.0 / n)
+        return
+    sums = torch.linalg.vector_norm(x.sum(-1), dim=-1)  # ||x 1|| per matrix
+    flag = (sums.square_() <= (CENTERED_ROWS_RTOL ** 2) * trace).to(y.dtype)
+    y.add_((flag / n).reshape(-1, 1, 1))
+
+
+def _prescale(x: Tensor, owned: bool) -> Tensor:
+    """x scaled by a power of two per matrix so its largest entry is in [0.5, 1): exact, and whitening is
+    scale-free, so only the range changes: the Gram and its norm neither overflow (entries beyond ~1e9
+    overflow ||A||_F in fp32) nor underflow (GradNorm's floored rows of a 1e-30 gradient are ~1e-22).
+
+    owned: x is the caller's scratch (SWAN's GradNorm buffer) and is scaled in place, always (sync-free).
+    Otherwise x may be the caller's tensor: it is copied and scaled only when some matrix's max entry is
+    outside [2^-16, 2^16] (one host sync), so ordinary inputs cost nothing.
+    """
+    amax = _matrix_amax(x)
+    if owned:
+        return x.mul_(_pow2_scale(amax))
+    if bool(((amax > 2.0 ** 16) | ((amax < 2.0 ** -16) & (amax > 0))).any()):
+        return x * _pow2_scale(amax)
+    return x
+
+
+def effective_whiten_precision(precision: str, device: torch.device | str) -> str:
+    """The precision `grad_whiten(..., precision=precision)` really runs at on `device`.
+
+    "fp32" and "bf16" run as asked everywhere. "tf32" (fp32 tensors, TF32 tensor-core matmuls) exists only
+    on CUDA devices; elsewhere (CPU) it runs in plain fp32, and this returns "fp32".
+    """
+    _check_precision(precision)
+    if precision == "tf32" and torch.device(device).type != "cuda":
+        return "fp32"
+    return precision
+
+
+@contextlib.contextmanager
+def _tf32_matmuls():
+    """Allow TF32 in CUDA fp32 matmuls inside the block (the whitening only); the previous setting is
+    restored afterwards, even on error. Not thread-safe (the flag is process-global)."""
+    m = torch.backends.cuda.matmul
+    if hasattr(m, "fp32_precision"):  # torch >= 2.9; mixing it with the legacy allow_tf32 is an error
+        old = m.fp32_precision
+        if old == "tf32":
+            yield
+            return
+        m.fp32_precision = "tf32"
+        try:
+            yield
+        finally:
+            m.fp32_precision = old
+    else:  # pragma: no cover - older torch
+        old = m.allow_tf32
+        m.allow_tf32 = True
+        try:
+            yield
+        finally:
+            m.allow_tf32 = old
 
 
 def _coupled_newton_schulz(y: Tensor, steps: int, beta: float) -> Tensor:
@@ -245,54 +391,123 @@ def _nsds(y: Tensor, steps: int, beta: float) -> Tensor:
     return z
 
 
-def _whiten_batch(x: Tensor, steps: int, beta: float, method: str) -> Tensor:
-    """Whitened x for an fp32/fp64 batch x [B, m, n] (not modified); ~ U V^T, scaled by 1/sqrt(||A||_F)."""
-    a, tall = _gram(x)
+def _loop(y: Tensor, steps: int, beta: float, method: str) -> Tensor:
+    return _nsds(y, steps, beta) if method == "diag" else _coupled_newton_schulz(y, steps, beta)
+
+
+def _whiten_batch(x: Tensor, steps: int, beta: float, method: str, precision: str = "fp32", *,
+                  centered: bool | None = None, owned: bool = False) -> Tensor:
+    """Whitened x for an fp32/fp64 batch x [B, m, n] (~ U V^T): a new tensor of x's dtype.
+
+    centered: rows of x sum to zero (True: SWAN after GradNorm; None: detect per matrix; False: never
+    deflate), see `_deflate_`. owned: x is the caller's scratch and may be scaled in place (`_prescale`).
+    """
+    x = _prescale(x, owned)
+    m, n = x.shape[-2:]
+    right = _right_side(m, n, method)
+    deflate = method == "newton-schulz" and right and centered is not False
+    eff = effective_whiten_precision(precision, x.device)
+    if eff == "bf16":
+        return _whiten_batch_bf16(x, steps, beta, method, right, deflate, centered, owned)
+    with _tf32_matmuls() if eff == "tf32" else contextlib.nullcontext():
+        a = _gram(x, right)
+        trace = a.diagonal(dim1=-2, dim2=-1).sum(-1) if deflate and centered is None else None
+        fro = _normalise_gram_(a)
+        if deflate:
+            _deflate_(a, x, trace, centered)
+        if eff == "tf32":
+            _eye_add_(a, LOW_PRECISION_SHIFT["tf32"])
+        z = _loop(a, steps, beta, method)
+        del a  # drop the loop's other buffers before the final product allocates the output
+        # (G G^T)^(-1/2) = Z / sqrt(||A||_F): fold the scalar into the s x s factor, not the m x n result.
+        z.div_(fro.sqrt_())
+        return torch.bmm(x, z) if right else torch.bmm(z, x)
+
+
+def _whiten_batch_bf16(x: Tensor, steps: int, beta: float, method: str, right: bool, deflate: bool,
+                       centered: bool | None, owned: bool) -> Tensor:
+    """bf16 whitening: the Gram, the Newton-Schulz products and the final Z G in bfloat16 (fp32 accumulation
+    inside the matmuls), the Gram's norm, the normalisation and the deflation in fp32, the output in fp32
+    (written into x itself when x is the caller's scratch: no m x n fp32 allocation)."""
+    xb = x.to(torch.bfloat16)
+    ab = _gram(xb, right)
+    a = ab.float()
+    del ab
+    trace = a.diagonal(dim1=-2, dim2=-1).sum(-1) if deflate and centered is None else None
     fro = _normalise_gram_(a)
-    z = _nsds(a, steps, beta) if method == "diag" else _coupled_newton_schulz(a, steps, beta)
-    del a  # drop the loop's other buffers before the final product allocates the output
-    # (G G^T)^(-1/2) = Z / sqrt(||A||_F): fold the scalar into the s x s factor, not the m x n result.
-    z.div_(fro.sqrt_())
-    return torch.bmm(x, z) if tall else torch.bmm(z, x)
+    if deflate:
+        _deflate_(a, x, trace, centered)
+    _eye_add_(a, LOW_PRECISION_SHIFT["bf16"])
+    y = a.to(torch.bfloat16)
+    del a
+    z = _loop(y, steps, beta, method)
+    del y
+    out_b = torch.bmm(xb, z) if right else torch.bmm(z, xb)
+    del xb, z
+    out = x.copy_(out_b) if owned else out_b.to(x.dtype)
+    del out_b
+    return out.div_(fro.to(x.dtype).sqrt_())
 
 
-def _validate_whiten_args(steps: int, beta: float, method: str) -> None:
+def _check_precision(precision: str) -> None:
+    if precision not in WHITEN_PRECISIONS:
+        raise ValueError(f"unknown whitening precision {precision!r} (known: {', '.join(WHITEN_PRECISIONS)})")
+
+
+def _validate_whiten_args(steps: int, beta: float, method: str, precision: str = "fp32") -> None:
     if method not in WHITEN_METHODS:
         raise ValueError(f"unknown whitening method {method!r} (known: {', '.join(WHITEN_METHODS)})")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if not (isinstance(beta, (int, float)) and 0.0 < beta < 1.0):
         raise ValueError(f"beta must be in (0, 1), got {beta!r}")
+    _check_precision(precision)
 
 
-def grad_whiten(g: Tensor, steps: int = 10, beta: float = 0.8, method: str = "newton-schulz") -> Tensor:
+def grad_whiten(g: Tensor, steps: int = 10, beta: float = 0.8, method: str = "newton-schulz",
+                precision: str = "fp32", centered: bool | None = None) -> Tensor:
     """GradWhitening (SWAN, arXiv 2412.13148): `(G G^T)^(-1/2) G`, approximately the polar factor U V^T.
 
-    Whitens on the smaller side: `A = G G^T` (m <= n) or `A = G^T G` and right-multiplication (m > n), so
-    the s x s Gram matrix has s = min(m, n). In exact arithmetic `Z_k G / sqrt(||A||_F)` applies the cubic
-    `x -> b(3x - x^3)` k times to each normalised singular value x0 = sigma / sqrt(||A||_F) in (0, 1]:
-    b = 0.5 converges to 1 (U V^T; small singular values grow by 1.5x per step), b = 0.8 lifts them by up to
-    2.4x per step, never above 1.6, and once lifted keeps them in [0.56, 1.6] (like Muon's quintic), zero singular values stay zero, so rank-deficient input gives the
-    pseudo-inverse polar factor.
+    Whitens on the smaller side: `A = G G^T` (m < n) or `A = G^T G` and right-multiplication (m > n, and
+    m = n for the coupled iteration), so the s x s Gram matrix has s = min(m, n). In exact arithmetic
+    `Z_k G / sqrt(||A||_F)` applies the cubic `x -> b(3x - x^3)` k times to each normalised singular value
+    x0 = sigma / sqrt(||A||_F) in (0, 1]: b = 0.5 converges to 1 (U V^T; small singular values grow by 1.5x
+    per step), b = 0.8 lifts them by up to 2.4x per step, never above 1.6, and once lifted keeps them in
+    [0.56, 1.6] (like Muon's quintic); zero singular values stay zero, so rank-deficient input gives the
+    pseudo-inverse polar factor. The input is first scaled by a power of two (exact: the result is
+    scale-free), so any finite input, 3e38 down to denormals, is in range.
 
-    Rank-deficient input in fp32 (every square layer after GradNorm, whose rows sum to zero): rounding
-    leaves ~1e-7 of the largest singular value in the null space, and the cubic's slope 3b at zero
-    multiplies it by (3b)^k, while Z itself grows like (3b)^k there. With the defaults (b=0.8, k=10:
-    2.4^10 ~ 6e3) that is ~6e-4 relative noise; with b=0.5 keep k <= ~20. Far beyond that (b=0.5, k=30)
-    the coupled fp32 iteration diverges to inf/NaN; SWAN checks its update norms and raises rather than
-    apply such an update.
+    Null spaces. A zero singular value becomes, in fp32, ~1e-7 of the largest one (rounding), and the
+    cubic's slope 3b at zero multiplies that k times (b = 0.8, k = 10: 2.4^10 ~ 6e3). After GradNorm every
+    row sums to zero, so G^T G is singular for tall and square G, with the known null vector (1, ..., 1):
+    that direction is deflated (given eigenvalue 1, see `_deflate_`) when `centered` is True, or, by
+    default (None), for each matrix whose row sums are below 1e-5 of its norm. Measured against the float64
+    iteration (relative Frobenius error, fp32, b = 0.8, k = 10, after GradNorm): square, tall, wide and
+    batched all below 2e-6 (tall was 1.1e-4..3.4e-3 before the deflation). Other exact rank deficiencies
+    (a zero row, a low-rank G) keep the ~1e-7 (3b)^k noise in their null space (6e-4 at the defaults);
+    with b = 0.5, keep k <= ~20, and far beyond (b = 0.5, k = 30) the coupled fp32 iteration diverges to
+    inf/NaN; SWAN checks its update norms and raises rather than apply such an update.
+
+    Precision (`precision`, measured on CPU against the float64 iteration after GradNorm, b = 0.8, k = 10,
+    every shape class): "fp32" (default, the paper's) <= 2e-6; "tf32" (fp32 tensors, TF32 matmuls, CUDA
+    only: on other devices it runs in fp32, see `effective_whiten_precision`; TF32's 10-bit mantissa
+    gives ~1e-3 there); "bf16" (every product in bfloat16, fp32 norm and output) 6e-3..1.2e-2.
 
     Args:
         g: `[..., m, n]`, any float dtype; fp32 inside.
         steps: Newton-Schulz steps k (>= 1).
         beta: step factor b in (0, 1).
         method: "newton-schulz" (coupled iteration, full s x s products) or "diag" (NSDS, see `whiten_diag`).
+        precision: "fp32", "tf32" or "bf16" (see above).
+        centered: whether the rows of g sum to zero (True after GradNorm), None to detect, False to never
+            deflate (see above); the coupled iteration on tall and square input only.
     Returns: a new fp32 (fp64 for fp64) tensor of g's shape.
     """
     _check_matrix(g, "grad_whiten")
-    _validate_whiten_args(steps, beta, method)
+    _validate_whiten_args(steps, beta, method, precision)
     x = _as_batch(g).to(_compute_dtype(g.dtype))
-    return _whiten_batch(x, steps, beta, method).reshape(g.shape)
+    owned = x.untyped_storage().data_ptr() != g.untyped_storage().data_ptr()
+    return _whiten_batch(x, steps, beta, method, precision, centered=centered, owned=owned).reshape(g.shape)
 
 
 def whiten_newton_schulz(g: Tensor, steps: int = 10, beta: float = 0.8) -> Tensor:
@@ -342,52 +557,116 @@ def sinkhorn_block_rows(n: int, element_bytes: int = 4, block_bytes: int | None 
     return max(1, budget // (element_bytes * max(1, n)))
 
 
-def _sinkhorn_scales_blocked(g: Tensor, iters: int, eps: float) -> tuple[Tensor, Tensor]:
-    """Squared scales (q [m], p [n]) for one matrix g [m, n], one pass over g per iteration.
+# SR-Sinkhorn works on the literal iterate X = diag(r) G diag(c): the row step scales row i by
+# sqrt(n) / max(||x_i||, eps), the column step column j by sqrt(m) / max(||x_j||, eps), the floor acting on
+# the CURRENT iterate's norms as in the paper. (An earlier version iterated squared scales q = n / (S p),
+# S = G*G, and floored S p: a row of norm below eps in G diag(c) was then never normalised, at any L.)
+# Range: after the first row step every entry of X is at most max(sqrt(n), sqrt(m)), so fp32 sums of
+# squares cannot overflow; the first row step sees the raw gradient and sums each row after scaling it by a
+# power of two (`_first_row_step_`). Scales are clamped at the dtype's maximum: an all-zero row or column
+# is multiplied by sqrt(n)/eps every iteration (changing nothing in X), and an inf scale would make 0 * inf.
 
-    With X = diag(sqrt q) G diag(sqrt p) and S = G*G, the row step is q = n / (S p) (independent of the
-    old q) and the column step p = m / (S^T q). Row i's q_i needs only row i of S, so each block of rows is
-    squared once into an L2-sized scratch and used for both products: u = S_blk p gives q_blk, and
-    v += S_blk^T q_blk accumulates the column sums. S is never materialised; g is read once per iteration.
+
+def _first_row_step_(x: Tensor, eps: float, target: float) -> Tensor:
+    """The first row step on x [..., b, n] holding raw gradient rows (fp32/fp64), in place: x_i *= f_i with
+    f_i = target / max(||x_i||, eps). Returns f [..., b, 1]. The norms are exact for any finite rows: each
+    row is scaled by a power of two s_i (its max entry into [0.5, 1)) first, and the floor scaled alike."""
+    s = _pow2_scale(torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True))
+    x.mul_(s)
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    f = torch.maximum(norm, (s * eps).clamp_min_(torch.finfo(x.dtype).tiny)).reciprocal_().mul_(target)
+    x.mul_(f)
+    return f.mul_(s)  # = target / max(||x_i||, eps) in the gradient's units: <= target / eps, finite
+
+
+def _row_step_(x: Tensor, eps: float, target: float, out: Tensor | None = None) -> Tensor:
+    """A later row step (x bounded): x_i *= f_i = target / max(||x_i||, eps), in place; returns f."""
+    f = torch.linalg.vector_norm(x, dim=-1, keepdim=True, out=out).clamp_min_(eps).reciprocal_().mul_(target)
+    x.mul_(f)
+    return f
+
+
+def _scale_update_(scale: Tensor, factor: Tensor) -> Tensor:
+    """scale *= factor, clamped at the dtype's maximum (see the section comment)."""
+    return scale.mul_(factor).clamp_max_(torch.finfo(scale.dtype).max)
+
+
+def _sinkhorn_scales_blocked(g: Tensor, iters: int, eps: float) -> tuple[Tensor, Tensor]:
+    """Scales (r [m], c [n]) for one matrix g [m, n], one pass over g per iteration.
+
+    Each L2-sized block of rows is formed as the current iterate x = (g r) c in a scratch buffer, row-stepped
+    there, and its column sums of squares accumulated; so g is read once per iteration and X is never
+    materialised. Row i's step needs only row i, the column step only the accumulated sums.
     """
     m, n = g.shape
     cdt = _compute_dtype(g.dtype)
     rows = min(m, sinkhorn_block_rows(n))
     scratch = torch.empty((rows, n), dtype=cdt, device=g.device)
-    q = torch.empty(m, dtype=cdt, device=g.device)
-    p = torch.ones(n, dtype=cdt, device=g.device)
-    v = torch.empty(n, dtype=cdt, device=g.device)
-    eps2 = eps * eps
-    for _ in range(iters):
-        v.zero_()
+    r = torch.ones((m, 1), dtype=cdt, device=g.device)
+    f = torch.empty((m, 1), dtype=cdt, device=g.device)
+    c = torch.ones(n, dtype=cdt, device=g.device)
+    acc = torch.empty(n, dtype=cdt, device=g.device)
+    tn, tm = math.sqrt(n), math.sqrt(m)
+    for it in range(iters):
+        acc.zero_()
         for start in range(0, m, rows):
             blk = g[start:start + rows]
-            sq = scratch[: blk.shape[0]]
-            if blk.dtype == cdt:
-                torch.square(blk, out=sq)
-            else:  # square in fp32, not in bf16
-                sq.copy_(blk).square_()
-            qb = q[start:start + rows]
-            torch.mv(sq, p, out=qb)
-            qb.clamp_min_(eps2).reciprocal_()  # q / n: row norms -> sqrt(n) once multiplied by n...
-            v.addmv_(sq.T, qb, alpha=n)        # ...which the column sums take here (one op less per block)
-        torch.reciprocal(v.clamp_min_(eps2), out=p).mul_(m)  # column norms -> sqrt(m)
-    return q.mul_(n), p
+            x = scratch[: blk.shape[0]]
+            if it == 0 or blk.dtype != cdt:  # copy_ converts bf16 without a temporary
+                x.copy_(blk)
+            if it == 0:  # r = c = 1: x is the raw gradient
+                f[start:start + rows] = _first_row_step_(x, eps, tn)
+            else:
+                if blk.dtype == cdt:
+                    torch.mul(blk, r[start:start + rows], out=x)
+                else:
+                    x.mul_(r[start:start + rows])
+                x.mul_(c)
+                _row_step_(x, eps, tn, out=f[start:start + rows])
+            v = torch.linalg.vector_norm(x, dim=0)
+            acc.addcmul_(v, v)
+        _scale_update_(r, f)
+        _scale_update_(c, acc.sqrt_().clamp_min_(eps).reciprocal_().mul_(tm))
+    return r.squeeze(-1), c
+
+
+def _sinkhorn_inplace_(x: Tensor, iters: int, eps: float, scales: bool = True,
+                       all_reduce: Callable[[Tensor], None] | None = None,
+                       rows_total: int | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """SR-Sinkhorn on a materialised iterate x [B, m, n] (fp32/fp64, overwritten with the result).
+
+    Per iteration two norm reductions and two in-place scalings over x (a few large kernels: the GPU
+    path); with `scales`, the factors are also multiplied into r [B, m, 1] and c [B, 1, n], so that
+    result = diag(r) G diag(c). For row shards of one matrix (FSDP), `all_reduce` sums the column sums of
+    squares across ranks and `rows_total` is the full matrix's m.
+    Returns (x, r, c) (r, c None without `scales`).
+    """
+    m, n = x.shape[-2:]
+    tn, tm = math.sqrt(n), math.sqrt(rows_total if rows_total is not None else m)
+    r = c = None
+    for it in range(iters):
+        f = _first_row_step_(x, eps, tn) if it == 0 else _row_step_(x, eps, tn)
+        if scales:
+            r = f if r is None else _scale_update_(r, f)
+        if all_reduce is None:
+            h = torch.linalg.vector_norm(x, dim=-2, keepdim=True)
+        else:
+            h = torch.linalg.vector_norm(x, dim=-2, keepdim=True).square_()
+            all_reduce(h)
+            h.sqrt_()
+        h.clamp_min_(eps).reciprocal_().mul_(tm)
+        x.mul_(h)
+        if scales:
+            c = h if c is None else _scale_update_(c, h)
+    return x, r, c
 
 
 def _sinkhorn_scales_vectors(g: Tensor, iters: int, eps: float) -> tuple[Tensor, Tensor]:
-    """Squared scales for a batch g [B, m, n]: S = G*G materialised once, then two mat-vecs per iteration.
-
-    Reads S twice per iteration; suits GPUs (a few large kernels) better than the blocked CPU kernel.
-    """
-    b, m, n = g.shape
-    s = g.to(_compute_dtype(g.dtype), copy=True).square_()
-    p = torch.ones((b, n, 1), dtype=s.dtype, device=s.device)
-    eps2 = eps * eps
-    for _ in range(iters):
-        q = torch.bmm(s, p).clamp_min_(eps2).reciprocal_().mul_(n)          # [B, m, 1]
-        p = torch.bmm(s.mT, q).clamp_min_(eps2).reciprocal_().mul_(m)       # [B, n, 1]
-    return q.squeeze(-1), p.squeeze(-1)
+    """Scales (r [B, m], c [B, n]) for a batch g [B, m, n] by the in-place iteration on an fp32 copy."""
+    x = g.to(_compute_dtype(g.dtype), copy=True)
+    _, r, c = _sinkhorn_inplace_(x, iters, eps)
+    del x
+    return r.squeeze(-1), c.squeeze(-2)
 
 
 def _sinkhorn_scales_native(g: Tensor, iters: int, eps: float) -> tuple[Tensor, Tensor]:
@@ -422,8 +701,10 @@ def sinkhorn_scales(g: Tensor, iters: int = 5, eps: float = GRAD_NORM_EPS,
                     method: str = "auto") -> tuple[Tensor, Tensor]:
     """SR-Sinkhorn's row and column scales: (r [..., m], c [..., n]) with SR-Sinkhorn(G) = diag(r) G diag(c).
 
-    The scales are the whole result of the iteration (the scaled matrix is r_i G_ij c_j), which lets an
-    optimizer fuse the last multiplication into its parameter update. fp32 (fp64 for fp64 input).
+    The scales are the whole result of the iteration (the scaled matrix is (G_ij r_i) c_j, in that order:
+    G_ij r_i is a row-normalised entry, so the product stays in range for any finite G), which lets an
+    optimizer fuse the last multiplication into its parameter update. fp32 (fp64 for fp64 input). A scale
+    is at most the dtype's maximum (reached only by all-zero rows or columns, or ones ~1e38 below the rest).
     """
     _check_matrix(g, "sinkhorn_scales")
     _validate_sinkhorn_args(iters, method)
@@ -433,36 +714,50 @@ def sinkhorn_scales(g: Tensor, iters: int = 5, eps: float = GRAD_NORM_EPS,
     batch = _as_batch(g)
     if method == "native":
         r, c = _sinkhorn_scales_native(batch.contiguous() if batch.stride(-1) != 1 else batch, iters, eps)
-        return r.reshape(g.shape[:-1]), c.reshape(*g.shape[:-2], g.shape[-1])
-    if method == "vectors":
-        q, p = _sinkhorn_scales_vectors(batch, iters, eps)
+    elif method == "vectors":
+        r, c = _sinkhorn_scales_vectors(batch, iters, eps)
     elif method == "blocked" and batch.shape[0] == 1:
-        q, p = _sinkhorn_scales_blocked(batch[0], iters, eps)  # no stack copy for a single matrix
+        r, c = (t.unsqueeze(0) for t in _sinkhorn_scales_blocked(batch[0], iters, eps))
     elif method == "blocked":
         pairs = [_sinkhorn_scales_blocked(batch[i], iters, eps) for i in range(batch.shape[0])]
-        q = torch.stack([qp[0] for qp in pairs])
-        p = torch.stack([qp[1] for qp in pairs])
+        r = torch.stack([rc[0] for rc in pairs])
+        c = torch.stack([rc[1] for rc in pairs])
     else:
         raise ValueError(f"sinkhorn_scales has no scale form for method {method!r}")
-    return q.sqrt_().reshape(g.shape[:-1]), p.sqrt_().reshape(*g.shape[:-2], g.shape[-1])
+    return r.reshape(g.shape[:-1]), c.reshape(*g.shape[:-2], g.shape[-1])
 
 
 def _sinkhorn_naive(g: Tensor, iters: int, eps: float) -> Tensor:
-    """The straightforward version: materialise the scaled matrix after every row and column step."""
+    """The algorithm as written: a new scaled matrix after every row and column step.
+
+    Only the first row step (the raw gradient) measures each row on a power-of-two rescaled copy, so that
+    the norms of gradients beyond ~1e19 or near the denormal range are exact."""
     x = g.to(_compute_dtype(g.dtype), copy=True)
     m, n = x.shape[-2:]
-    for _ in range(iters):
-        x.mul_(math.sqrt(n) / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(eps))
-        x.mul_(math.sqrt(m) / torch.linalg.vector_norm(x, dim=-2, keepdim=True).clamp_min_(eps))
+    tiny = torch.finfo(x.dtype).tiny
+    for it in range(iters):
+        if it == 0:
+            s = _pow2_scale(torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True))
+            xs = x * s
+            x = xs * (math.sqrt(n) / torch.maximum(torch.linalg.vector_norm(xs, dim=-1, keepdim=True),
+                                                   (s * eps).clamp_min(tiny)))
+        else:
+            x = x * (math.sqrt(n) / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps))
+        x = x * (math.sqrt(m) / torch.linalg.vector_norm(x, dim=-2, keepdim=True).clamp_min(eps))
     return x
 
 
 def _scaled_blocked(g: Tensor, r: Tensor, c: Tensor, out: Tensor) -> Tensor:
-    """out = diag(r) g diag(c) for one matrix, row block by row block so the second multiply hits cache."""
+    """out = (g r) c for one matrix, row block by row block so the second multiply hits cache."""
     rows = sinkhorn_block_rows(g.shape[-1])
     for start in range(0, g.shape[0], rows):
-        o = torch.mul(g[start:start + rows], c, out=out[start:start + rows])
-        o.mul_(r[start:start + rows].unsqueeze(-1))
+        o = out[start:start + rows]
+        rb = r[start:start + rows].unsqueeze(-1)
+        if g.dtype == out.dtype:
+            torch.mul(g[start:start + rows], rb, out=o)
+        else:  # copy_ converts without the temporary a mixed-dtype mul would allocate on CPU
+            o.copy_(g[start:start + rows]).mul_(rb)
+        o.mul_(c)
     return out
 
 
@@ -485,16 +780,20 @@ def sr_sinkhorn(g: Tensor, iters: int = 5, eps: float = GRAD_NORM_EPS, method: s
 
     Repeat `iters` (L) times: scale every row to l2 norm sqrt(n), then every column to l2 norm sqrt(m).
     After the last (column) step every non-zero column has norm exactly sqrt(m), so the Frobenius norm is
-    sqrt(m n) (entry RMS 1); rows approach sqrt(n) as L grows. A norm below `eps` is floored at eps (an
-    all-zero row or column stays zero).
+    sqrt(m n) (entry RMS 1); rows approach sqrt(n) as L grows. A norm below `eps` is floored at eps, on the
+    current iterate's norms as in the paper: a row or column whose norm is below eps is multiplied by
+    sqrt(n)/eps (sqrt(m)/eps) and so normalised a step later; an all-zero row or column stays zero. Any
+    finite input is in range, from the fp32 maximum down to denormals.
 
-    Methods (all equal up to rounding; "auto", the default, picks one with `resolve_sinkhorn_method`):
+    Methods (all equal the float64 reference `optimizers.reference.sr_sinkhorn_reference` up to fp32
+    rounding on every finite input; "auto", the default, picks one with `resolve_sinkhorn_method`):
       "native": the C kernels of `optimizers.native` (CPU): per thread, one pass over its rows of g per
           iteration and one fused pass writing the result; fp32 arithmetic;
       "blocked": pure torch, scale vectors, one pass over g per iteration on L2-sized row blocks, the
           scaled matrix materialised once at the end (see `_sinkhorn_scales_blocked`);
-      "vectors": S = G*G materialised once, two mat-vecs over S per iteration (good on GPU);
-      "naive": materialises the scaled matrix after every half-step (the literal algorithm).
+      "vectors": the iterate materialised once (an fp32 copy of g, or `out`), two norm reductions and two
+          in-place scalings per iteration, the scale vectors recorded beside it (a few large kernels: GPUs);
+      "naive": a new matrix after every half-step (the algorithm as written, allocating).
     out: optional preallocated result (fp32, or fp64 for fp64 input, of g's shape); reusing one saves the
         allocation, which on CPU costs page faults comparable to the whole iteration for large matrices.
     Returns: `out`, or a new fp32 (fp64 for fp64) tensor of g's shape.
@@ -508,6 +807,11 @@ def sr_sinkhorn(g: Tensor, iters: int = 5, eps: float = GRAD_NORM_EPS, method: s
     if method == "naive":
         result = _sinkhorn_naive(g, iters, eps)
         return result if out is None else out.copy_(result)
+    if method == "vectors":
+        x = torch.empty(g.shape, dtype=dtype, device=g.device) if out is None else out
+        x.copy_(g)
+        _sinkhorn_inplace_(_as_batch(x), iters, eps, scales=False)
+        return x
     r, c = sinkhorn_scales(g, iters, eps, method)
     if out is None:
         out = torch.empty(g.shape, dtype=dtype, device=g.device)

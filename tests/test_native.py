@@ -125,7 +125,12 @@ def test_sinkgd_auto_uses_native_and_no_stack_or_block_buffers():
     w = torch.nn.Parameter(torch.randn(24, 72))
     assert F.resolve_sinkhorn_method(w, "auto") == "native"
     assert sinkgd_workspace_numel((24, 72)) == 24 + 72 + torch.get_num_threads() * 72
-    assert sinkgd_workspace_numel((24, 72), "blocked") == 24 * 72 + 24 + 2 * 72
+    # blocked: one 24-row block of scratch, r and the row factors (m each), c and the accumulator (n each)
+    assert sinkgd_workspace_numel((24, 72), "blocked") == 24 * 72 + 2 * 24 + 2 * 72
+    # vectors (CUDA's path): the m x n iterate and its factors; on CUDA the same for bf16 parameters
+    assert sinkgd_workspace_numel((24, 72), "vectors") == 24 * 72 + 24 + 72
+    assert sinkgd_workspace_numel((24, 72), "auto", device="cuda", dtype=torch.bfloat16) == 24 * 72 + 24 + 72
+    assert sinkgd_workspace_numel((24, 72), "vectors", dtype=torch.bfloat16) == 2 * 24 * 72  # CPU cast
 
 
 @needs_native
