@@ -480,18 +480,34 @@ def grad_whiten(g: Tensor, steps: int = 10, beta: float = 0.8, method: str = "ne
     Null spaces. A zero singular value becomes, in fp32, ~1e-7 of the largest one (rounding), and the
     cubic's slope 3b at zero multiplies that k times (b = 0.8, k = 10: 2.4^10 ~ 6e3). After GradNorm every
     row sums to zero, so G^T G is singular for tall and square G, with the known null vector (1, ..., 1):
-    that direction is deflated (given eigenvalue 1, see `_deflate_`) when `centered` is True, or, by
-    default (None), for each matrix whose row sums are below 1e-5 of its norm. Measured against the float64
-    iteration (relative Frobenius error, fp32, b = 0.8, k = 10, after GradNorm): square, tall, wide and
-    batched all below 2e-6 (tall was 1.1e-4..3.4e-3 before the deflation). Other exact rank deficiencies
-    (a zero row, a low-rank G) keep the ~1e-7 (3b)^k noise in their null space (6e-4 at the defaults);
+    that direction is deflated (given eigenvalue 1, see `_deflate_`) when `centered` is True (SWAN), or, by
+    default (None), for each matrix whose row sums are below 1e-5 of its norm. Other exact or near rank
+    deficiencies (a zero row, a low-rank gradient) keep the amplified rounding in their (near) null space;
     with b = 0.5, keep k <= ~20, and far beyond (b = 0.5, k = 30) the coupled fp32 iteration diverges to
     inf/NaN; SWAN checks its update norms and raises rather than apply such an update.
 
-    Precision (`precision`, measured on CPU against the float64 iteration after GradNorm, b = 0.8, k = 10,
-    every shape class): "fp32" (default, the paper's) <= 2e-6; "tf32" (fp32 tensors, TF32 matmuls, CUDA
-    only: on other devices it runs in fp32, see `effective_whiten_precision`; TF32's 10-bit mantissa
-    gives ~1e-3 there); "bf16" (every product in bfloat16, fp32 norm and output) 6e-3..1.2e-2.
+    Error bounds (relative Frobenius error against the float64 pipeline, i.e. GradNorm and this iteration
+    in float64; random Gaussian gradients after GradNorm, worst of 6 seeds, CPU; the tests check bounds
+    2-4x above these):
+      fp32, b = 0.8, k = 10 (SWAN's default): tall 9e-6, wide 6e-6, batched 7e-6 (tall was 1.1e-4..3.4e-3
+        before the deflation); square 7e-5 at 64 x 64, 6e-4 at 128 x 128, 9e-4 at 256 x 256: a random
+        square matrix has singular values down to ~1e-4 of its largest, which b = 0.8 lifts 2.4x per step
+        together with their fp32 rounding. Low-rank gradients (singular values decaying to 1e-6 of the
+        largest) reach 1e-2..8e-2 for the same reason: the cubic lifts everything above ~1.6e-4, and fp32
+        cannot resolve eigenvalues of the Gram below ~1e-7, i.e. singular values below ~3e-4.
+      fp32, b = 0.5, k = 6: <= 1e-6; NSDS (b = 0.4, k = 2): <= 4e-7.
+    Precision (`precision`): "fp32" is the paper's. "bf16" runs the Gram, the Newton-Schulz products and
+    the final product in bfloat16 (fp32 accumulation inside each matmul), with the Gram's norm, the
+    normalisation and the output in fp32; "tf32" keeps fp32 tensors and lets CUDA's matmuls use TF32 for
+    the whitening only (the global setting is restored afterwards); on other devices TF32 does not exist
+    and it runs in fp32 (`effective_whiten_precision`). Both reduced precisions add 2^-10 (bf16) / 2^-12
+    (TF32) to the normalised Gram's diagonal: their rounding makes eigenvalues below that noise, and a
+    negative one makes the coupled iteration grow cubically (to 1e34, finite, on a 128 x 128 square layer
+    without the shift). Measured as above: bf16 1.1e-2..1.7e-2 (b = 0.5, k = 6), 2.9e-3..4.9e-3 (NSDS),
+    0.28..0.37 at b = 0.8, k = 10 (the expanding cubic amplifies the 2^-9 rounding as it amplifies fp32's
+    1e-7 to 6e-6), and ~0.8..1 on low-rank gradients (the directions below the shift are damped, not
+    lifted). TF32, emulated on CPU by rounding every matmul operand to TF32's 10-bit mantissa: 2e-3..4e-3
+    (b = 0.5, k = 6), 4e-4..6e-4 (NSDS), 5e-2..8e-2 tall/wide/batched and 0.2 square at b = 0.8, k = 10.
 
     Args:
         g: `[..., m, n]`, any float dtype; fp32 inside.
