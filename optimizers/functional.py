@@ -114,6 +114,12 @@ def _pow2_scale(amax: Tensor) -> Tensor:
     return bits.view(torch.float32).to(amax.dtype)
 
 
+def _row_absmax(x: Tensor) -> Tensor:
+    """max |x| along the last dim, keepdim (NaN propagates). amax and amin, not the inf-norm: on CPU torch's
+    inf-norm reduction is ~6x slower than the two plain ones."""
+    return torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg_())
+
+
 def _matrix_amax(x: Tensor) -> Tensor:
     """max |x| of every matrix of a batch [..., m, n], shape [..., 1, 1] (NaN propagates)."""
     return torch.linalg.vector_norm(x, float("inf"), dim=(-2, -1), keepdim=True)
@@ -174,8 +180,7 @@ def _grad_norm_into(g: Tensor, out: Tensor, eps: float, method: str = "auto") ->
         return native.grad_norm_into(g, out, eps)
     if g.dtype != out.dtype:
         g = out.copy_(g)  # copy_ converts without a temporary (a mixed-dtype mul would cast g first)
-    amax = torch.linalg.vector_norm(g, float("inf"), dim=-1, keepdim=True)
-    scale = _pow2_scale(amax)
+    scale = _pow2_scale(_row_absmax(g))
     x = torch.mul(g, scale, out=out)  # in place when g is out; full overlap is allowed
     var, mean = torch.var_mean(x, dim=-1, correction=0, keepdim=True)
     # eps in the scaled units; never below the smallest normal number, so a constant row (std 0) gets a
@@ -587,12 +592,18 @@ def _first_row_step_(x: Tensor, eps: float, target: float) -> Tensor:
     """The first row step on x [..., b, n] holding raw gradient rows (fp32/fp64), in place: x_i *= f_i with
     f_i = target / max(||x_i||, eps). Returns f [..., b, 1]. The norms are exact for any finite rows: each
     row is scaled by a power of two s_i (its max entry into [0.5, 1)) first, and the floor scaled alike."""
-    s = _pow2_scale(torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True))
-    x.mul_(s)
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    f = torch.maximum(norm, (s * eps).clamp_min_(torch.finfo(x.dtype).tiny)).reciprocal_().mul_(target)
+    f, s = _first_row_factors_(x, eps, target)
     x.mul_(f)
     return f.mul_(s)  # = target / max(||x_i||, eps) in the gradient's units: <= target / eps, finite
+
+
+def _first_row_factors_(x: Tensor, eps: float, target: float) -> tuple[Tensor, Tensor]:
+    """(f, s) for raw rows x [..., b, n]: x is scaled in place by powers of two s (its rows' max entries into
+    [0.5, 1)); the row step then multiplies the scaled x by f = target / max(||x s||, eps s)."""
+    s = _pow2_scale(_row_absmax(x))
+    x.mul_(s)
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return torch.maximum(norm, (s * eps).clamp_min_(torch.finfo(x.dtype).tiny)).reciprocal_().mul_(target), s
 
 
 def _row_step_(x: Tensor, eps: float, target: float, out: Tensor | None = None) -> Tensor:
@@ -610,8 +621,9 @@ def _scale_update_(scale: Tensor, factor: Tensor) -> Tensor:
 def _sinkhorn_scales_blocked(g: Tensor, iters: int, eps: float) -> tuple[Tensor, Tensor]:
     """Scales (r [m], c [n]) for one matrix g [m, n], one pass over g per iteration.
 
-    Each L2-sized block of rows is formed as the current iterate x = (g r) c in a scratch buffer, row-stepped
-    there, and its column sums of squares accumulated; so g is read once per iteration and X is never
+    Each L2-sized block of rows is formed as the current iterate x = (g r) c in a scratch buffer; its row
+    norms give the row factors f, and the row-stepped block's column sums of squares are one BLAS mat-vec,
+    (x^2)^T f^2, after squaring the block in place; so g is read once per iteration and X is never
     materialised. Row i's step needs only row i, the column step only the accumulated sums.
     """
     m, n = g.shape
@@ -630,17 +642,19 @@ def _sinkhorn_scales_blocked(g: Tensor, iters: int, eps: float) -> tuple[Tensor,
             x = scratch[: blk.shape[0]]
             if it == 0 or blk.dtype != cdt:  # copy_ converts bf16 without a temporary
                 x.copy_(blk)
-            if it == 0:  # r = c = 1: x is the raw gradient
-                f[start:start + rows] = _first_row_step_(x, eps, tn)
+            fb = f[start:start + rows]
+            if it == 0:  # r = c = 1: x is the raw gradient, scaled by s first (x s is what gets squared)
+                factor, scale = _first_row_factors_(x, eps, tn)
+                torch.mul(factor, scale, out=fb)
             else:
                 if blk.dtype == cdt:
                     torch.mul(blk, r[start:start + rows], out=x)
                 else:
                     x.mul_(r[start:start + rows])
                 x.mul_(c)
-                _row_step_(x, eps, tn, out=f[start:start + rows])
-            v = torch.linalg.vector_norm(x, dim=0)
-            acc.addcmul_(v, v)
+                factor = torch.linalg.vector_norm(x, dim=-1, keepdim=True, out=fb).clamp_min_(eps)
+                factor = factor.reciprocal_().mul_(tn)
+            acc.addmv_(x.square_().T, factor.squeeze(-1).square())
         _scale_update_(r, f)
         _scale_update_(c, acc.sqrt_().clamp_min_(eps).reciprocal_().mul_(tm))
     return r.squeeze(-1), c
@@ -652,7 +666,7 @@ def _sinkhorn_inplace_(x: Tensor, iters: int, eps: float, scales: bool = True,
     """SR-Sinkhorn on a materialised iterate x [B, m, n] (fp32/fp64, overwritten with the result).
 
     Per iteration two norm reductions and two in-place scalings over x (a few large kernels: the GPU
-    path); with `scales`, the factors are also multiplied into r [B, m, 1] and c [B, 1, n], so that
+    path; on CPU the column sums go through an m x n scratch of squares); with `scales`, the factors are also multiplied into r [B, m, 1] and c [B, 1, n], so that
     result = diag(r) G diag(c). For row shards of one matrix (FSDP), `all_reduce` sums the column sums of
     squares across ranks and `rows_total` is the full matrix's m.
     Returns (x, r, c) (r, c None without `scales`).
@@ -660,17 +674,22 @@ def _sinkhorn_inplace_(x: Tensor, iters: int, eps: float, scales: bool = True,
     m, n = x.shape[-2:]
     tn, tm = math.sqrt(n), math.sqrt(rows_total if rows_total is not None else m)
     r = c = None
+    # Column sums of squares: CUDA reduces over rows directly; torch's CPU reduction over dim -2 is ~10x
+    # slower than squaring into a scratch buffer and one BLAS product with a ones vector.
+    cpu = x.device.type == "cpu"
+    scratch = torch.empty_like(x) if cpu else None
+    ones = torch.ones((x.shape[0], 1, m), dtype=x.dtype, device=x.device) if cpu else None
     for it in range(iters):
         f = _first_row_step_(x, eps, tn) if it == 0 else _row_step_(x, eps, tn)
         if scales:
             r = f if r is None else _scale_update_(r, f)
-        if all_reduce is None:
-            h = torch.linalg.vector_norm(x, dim=-2, keepdim=True)
+        if cpu:
+            h = torch.bmm(ones, torch.mul(x, x, out=scratch))
         else:
             h = torch.linalg.vector_norm(x, dim=-2, keepdim=True).square_()
+        if all_reduce is not None:
             all_reduce(h)
-            h.sqrt_()
-        h.clamp_min_(eps).reciprocal_().mul_(tm)
+        h.sqrt_().clamp_min_(eps).reciprocal_().mul_(tm)
         x.mul_(h)
         if scales:
             c = h if c is None else _scale_update_(c, h)

@@ -95,9 +95,11 @@ def sinkgd_workspace_numel(shape: tuple[int, ...], method: str = "auto", device:
         (n): b n + 2 m + 2 n; then the update with r, c and one scratch block, two for a bf16 parameter
         (the fp32 sum before rounding). No m x n buffer.
     "vectors" (CUDA's path, also runnable on CPU): the iterate, an fp32 m x n copy of the gradient scaled
-        in place, and its row and column factors: m n + m + n; the update adds the iterate to the parameter
-        in one kernel (CUDA casts bf16 in registers; on CPU a bf16 parameter costs one m x n fp32 cast
-        while the iterate is alive: 2 m n).
+        in place, and its row and column factors: m n + m + n on CUDA, whose update adds the iterate to the
+        parameter in one kernel (bf16 cast in registers). On CPU the column sums go through an m x n
+        scratch of squares (torch's CPU reduction over rows is ~10x slower than a BLAS product): 2 m n +
+        m + n, which also covers a bf16 parameter's m x n fp32 cast in the update (torch casts mixed-dtype
+        operands through temporaries on CPU only).
     Not counted (as for SWAN): O(m + n) transients of the first row step (row maxima and their exponents,
     at most ~4 (m + n) elements). The non-native kernels stack small same-shape matrices (m n <=
     SINKGD_STACK_NUMEL) into one fp32 batch (one m n buffer per stacked matrix, at most 4 MiB per batch);
@@ -116,7 +118,7 @@ def sinkgd_workspace_numel(shape: tuple[int, ...], method: str = "auto", device:
         rows = min(m, F.sinkhorn_block_rows(n)) if cpu else m
         return max(rows * n + 2 * m + 2 * n, m + n + rows * n * (2 if half_on_cpu else 1))
     if method == "vectors":
-        return max(m * n + m + n, 2 * m * n if half_on_cpu else 0)
+        return (2 * m * n if cpu else m * n) + m + n
     raise ValueError(f"sinkgd_workspace_numel knows 'auto', 'native', 'blocked' and 'vectors', got {method!r}")
 
 

@@ -127,10 +127,11 @@ def test_sinkgd_auto_uses_native_and_no_stack_or_block_buffers():
     assert sinkgd_workspace_numel((24, 72)) == 24 + 72 + torch.get_num_threads() * 72
     # blocked: one 24-row block of scratch, r and the row factors (m each), c and the accumulator (n each)
     assert sinkgd_workspace_numel((24, 72), "blocked") == 24 * 72 + 2 * 24 + 2 * 72
-    # vectors (CUDA's path): the m x n iterate and its factors; on CUDA the same for bf16 parameters
-    assert sinkgd_workspace_numel((24, 72), "vectors") == 24 * 72 + 24 + 72
+    # vectors (CUDA's path): the m x n iterate and its factors, the same for bf16 parameters on CUDA; on CPU
+    # also an m x n scratch of squares for the column sums
     assert sinkgd_workspace_numel((24, 72), "auto", device="cuda", dtype=torch.bfloat16) == 24 * 72 + 24 + 72
-    assert sinkgd_workspace_numel((24, 72), "vectors", dtype=torch.bfloat16) == 2 * 24 * 72  # CPU cast
+    assert sinkgd_workspace_numel((24, 72), "vectors") == 2 * 24 * 72 + 24 + 72
+    assert sinkgd_workspace_numel((24, 72), "vectors", dtype=torch.bfloat16) == 2 * 24 * 72 + 24 + 72
 
 
 @needs_native
