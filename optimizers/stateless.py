@@ -42,7 +42,8 @@ __all__ = ["SWAN", "SinkGD", "NonFiniteGradientError", "swan_workspace_numel", "
 NONFINITE_POLICIES = ("raise", "skip")
 
 # SinkGD stacks same-shape matrices of at most this many elements into one batched call, up to this many
-# elements per batch (4 MiB fp32: the batch's transient is the stacked fp32 copy, iterated in place).
+# elements per batch (4 MiB fp32; the batch's transient is the stacked fp32 copy, iterated in place, and on
+# CPU a scratch of its squares of the same size).
 SINKGD_STACK_NUMEL = 1 << 20
 SINKGD_METHODS = ("auto", "native", "blocked", "vectors")
 
@@ -102,8 +103,8 @@ def sinkgd_workspace_numel(shape: tuple[int, ...], method: str = "auto", device:
         operands through temporaries on CPU only).
     Not counted (as for SWAN): O(m + n) transients of the first row step (row maxima and their exponents,
     at most ~4 (m + n) elements). The non-native kernels stack small same-shape matrices (m n <=
-    SINKGD_STACK_NUMEL) into one fp32 batch (one m n buffer per stacked matrix, at most 4 MiB per batch);
-    this function declares one matrix stepped alone.
+    SINKGD_STACK_NUMEL) into one fp32 batch iterated as "vectors" (the stack, up to 4 MiB, plus on CPU its
+    squares scratch); this function declares one matrix stepped alone.
     """
     m, n = int(shape[-2]), int(shape[-1])
     cpu = torch.device(device).type == "cpu"
@@ -436,8 +437,8 @@ class SinkGD(_StatelessMatrixOptimizer):
     def _step_stacked(self, params: list[Tensor], group: dict[str, Any], step: float) -> None:
         """Small same-shape matrices in one batch: a handful of ops for the chunk instead of ~20 per matrix.
 
-        The stack is one fp32 copy (B m n), iterated in place into the scaled matrices and added to the
-        parameters. Per-op overhead, not bandwidth, dominates small matrices on CPU (and kernel launches on
+        The stack is one fp32 copy (B m n; on CPU plus a scratch of its squares), iterated in place into the
+        scaled matrices and added to the parameters. Per-op overhead, not bandwidth, dominates small matrices on CPU (and kernel launches on
         GPU), so the copy pays for itself.
         """
         m, n = params[0].shape
