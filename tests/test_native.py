@@ -320,3 +320,25 @@ def test_env_records_which_kernels_ran(monkeypatch):
     monkeypatch.setattr(native, "_state", {"lib": None, "reason": "no C compiler found", "path": None})
     assert env.collect("cpu")["native_kernels"] == "unavailable: no C compiler found"
     assert env.collect("cuda:0")["native_kernels"] == "not used on cuda:0 (CPU kernels)"
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("scale", [1e-10, 1e-40, 3e37])
+def test_native_floors_the_iterate_and_stays_in_range(scale, threads, monkeypatch):
+    """The C iteration floors the current iterate's norms (rows spread 100x at 1e-10 are normalised a step
+    after the floor, as in the float64 reference) and falls back to double for rows whose fp32 sums leave
+    [2^-100, 2^100] (the raw rows of a 3e37 gradient, tiny and zero rows), whatever the team size; the
+    fused update uses the same (g r) c."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    gen = torch.Generator().manual_seed(17)
+    g64 = torch.randn(37, 129, generator=gen, dtype=torch.float64) * torch.logspace(0, -2, 37, dtype=torch.float64)[:, None]
+    g64[5] = 0
+    for dtype in (torch.float32, torch.bfloat16):
+        g = (g64 * scale).to(dtype)
+        for iters in (1, 2, 5):
+            assert _rel(F.sr_sinkhorn(g, iters, method="native"), R.sr_sinkhorn_reference(g.double(), iters)) < 1e-5
+        w = torch.nn.Parameter(torch.zeros(37, 129))
+        w.grad = g.float()
+        SinkGD([w], lr=1.0, alpha=1.0, method="native").step()
+        assert _rel(w.detach(), -R.sr_sinkhorn_reference(g.double(), 5)) < 1e-5
