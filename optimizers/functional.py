@@ -233,9 +233,9 @@ def whiten_buffers(steps: int, method: str = "newton-schulz") -> int:
     return min(steps + 1, 4)
 
 
-# After GradNorm every row sums to zero, so (1, ..., 1) is a null vector of G^T G. A batch counts as
-# "centred" for the automatic deflation when ||G 1|| <= this * ||G||_F: GradNorm's fp32 output sits near
-# 1e-7 here, a matrix whose rows merely happen to have small means near 1.
+# After GradNorm every row sums to zero, so (1, ..., 1) is a null vector of G^T G. A matrix counts as
+# "centred" for the automatic deflation when ||G 1|| <= this * ||G||_F: GradNorm's fp32 output measures
+# ~1e-7, an ordinary matrix (rows not summing to zero) ~1.
 CENTERED_ROWS_RTOL = 1e-5
 
 
