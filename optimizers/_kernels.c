@@ -16,6 +16,7 @@
  * bfloat16 (widened to fp32 on load; all arithmetic is fp32). Outputs are fp32, except the update, which
  * writes the parameter in its own type (bfloat16 rounded to nearest even, as torch does).
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -48,49 +49,94 @@ static inline void thread_slice(int64_t total, int t, int team, int64_t *lo, int
     *hi = total * (t + 1) / team;
 }
 
-/* One thread's rows for one iteration: q_i = n / max(sum_j g_ij^2 p_j, eps2); acc += g_i*^2 q_i.
- * Four rows at a time: one sweep over p serves four row sums, and the second sweep (the four rows are
- * now in L1/L2) updates the accumulator once for four rows, so p and acc move 4x less than g. */
+/* SR-Sinkhorn works on the literal iterate X = diag(r) G diag(c) (r, c the scales so far, fp32): the row
+ * step scales row i by sqrt(n) / max(||x_i||, eps) and the column step column j by sqrt(m) / max(||x_j||, eps),
+ * with the floor on the CURRENT iterate's norms, as the algorithm is written. (An earlier version iterated
+ * the squared scales q = n / (S p) with S = G*G and floored S p instead: a row whose norm in G diag(c) was
+ * below eps was then never normalised, at any L.)
+ *
+ * Range: entries are formed as x = (g r) c. After the first row step every entry of X is bounded by
+ * max(sqrt(n), sqrt(m)) (each half-step leaves rows or columns of norm <= sqrt(n) or sqrt(m)), so the fp32
+ * sums of squares cannot overflow; only the first row step sees the raw gradient (any finite fp32 value).
+ * A row whose fp32 sum of squares leaves [2^-100, 2^100] (beyond ~1e19 entries, tiny or zero rows) is
+ * summed again in double, which holds the square of every finite fp32 number: its norm is then exact in
+ * every case. Column sums of squares below ~1e-38 (columns of norm below ~1e-19) lose precision in fp32;
+ * with eps >= 1e-15 such columns are floored either way.
+ *
+ * A scale is clamped at FLT_MAX: an all-zero row or column is multiplied by sqrt(n)/eps every iteration
+ * (as the literal algorithm does, which changes nothing in X), and an unclamped scale would reach inf,
+ * and inf * 0 = NaN. (A column sum of squares that underflowed to 0 is not a zero column: the floor must
+ * still scale it up, so "norm 0" cannot be special-cased.) */
+#define SK_SAFE_LO 0x1p-100f
+#define SK_SAFE_HI 0x1p100f
+
+static inline float sk_new_scale(float s, double norm, double target, double eps) {
+    const double v = (double)s * target / (norm > eps ? norm : eps);
+    return v < (double)FLT_MAX ? (float)v : FLT_MAX;
+}
+
+/* One thread's rows for one iteration: the row step (r updated in place) and the column sums of squares
+ * of the row-stepped rows into the thread's accumulator. Four rows at a time: one sweep over c serves four
+ * row sums, and the second sweep (the four rows are now in L1/L2) updates the accumulator once for four
+ * rows, so c and acc move 4x less than g. */
 #define SK_ROWS_BODY(T, LOAD)                                                                   \
-    static void rows_##T(const T *g, int64_t lo, int64_t hi, int64_t n, int64_t ld, float eps2,   \
-                         const float *p, float *q, float *acc) {                                 \
-        const float fn = (float)n;                                                               \
+    static double slow_norm_##T(const T *row, int64_t n, float ri, const float *c) {            \
+        double s = 0.0;                                                                          \
+        for (int64_t j = 0; j < n; ++j) {                                                        \
+            const double x = (double)LOAD(row[j]) * (double)ri * (double)c[j];                   \
+            s += x * x;                                                                          \
+        }                                                                                        \
+        return sqrt(s);                                                                          \
+    }                                                                                            \
+    static inline double row_norm_##T(const T *row, int64_t n, float ri, const float *c, float s) { \
+        return (s >= SK_SAFE_LO && s <= SK_SAFE_HI) ? sqrt((double)s) : slow_norm_##T(row, n, ri, c); \
+    }                                                                                            \
+    static void rows_##T(const T *g, int64_t lo, int64_t hi, int64_t n, int64_t ld, double eps,   \
+                         const float *c, float *r, float *acc) {                                 \
+        const double tn = sqrt((double)n);                                                       \
         int64_t i = lo;                                                                          \
         for (; i + 4 <= hi; i += 4) {                                                            \
-            const T *a = g + i * ld, *b = a + ld, *c = b + ld, *d = c + ld;                      \
+            const T *a = g + i * ld, *b = a + ld, *cc = b + ld, *d = cc + ld;                    \
+            const float ra = r[i], rb = r[i + 1], rc = r[i + 2], rd = r[i + 3];                   \
             float sa = 0.0f, sb = 0.0f, sc = 0.0f, sd = 0.0f;                                    \
             _Pragma("omp simd reduction(+:sa,sb,sc,sd)")                                         \
             for (int64_t j = 0; j < n; ++j) {                                                    \
-                const float xa = LOAD(a[j]), xb = LOAD(b[j]), xc = LOAD(c[j]), xd = LOAD(d[j]);  \
-                const float pj = p[j];                                                           \
-                sa += xa * xa * pj;                                                              \
-                sb += xb * xb * pj;                                                              \
-                sc += xc * xc * pj;                                                              \
-                sd += xd * xd * pj;                                                              \
+                const float cj = c[j];                                                           \
+                const float xa = (LOAD(a[j]) * ra) * cj, xb = (LOAD(b[j]) * rb) * cj;             \
+                const float xc = (LOAD(cc[j]) * rc) * cj, xd = (LOAD(d[j]) * rd) * cj;            \
+                sa += xa * xa;                                                                   \
+                sb += xb * xb;                                                                   \
+                sc += xc * xc;                                                                   \
+                sd += xd * xd;                                                                   \
             }                                                                                    \
-            const float qa = fn / (sa > eps2 ? sa : eps2), qb = fn / (sb > eps2 ? sb : eps2);    \
-            const float qc = fn / (sc > eps2 ? sc : eps2), qd = fn / (sd > eps2 ? sd : eps2);    \
-            q[i] = qa; q[i + 1] = qb; q[i + 2] = qc; q[i + 3] = qd;                              \
+            const float na = sk_new_scale(ra, row_norm_##T(a, n, ra, c, sa), tn, eps);           \
+            const float nb = sk_new_scale(rb, row_norm_##T(b, n, rb, c, sb), tn, eps);           \
+            const float nc = sk_new_scale(rc, row_norm_##T(cc, n, rc, c, sc), tn, eps);          \
+            const float nd = sk_new_scale(rd, row_norm_##T(d, n, rd, c, sd), tn, eps);           \
+            r[i] = na; r[i + 1] = nb; r[i + 2] = nc; r[i + 3] = nd;                              \
             _Pragma("omp simd")                                                                  \
             for (int64_t j = 0; j < n; ++j) {                                                    \
-                const float xa = LOAD(a[j]), xb = LOAD(b[j]), xc = LOAD(c[j]), xd = LOAD(d[j]);  \
-                acc[j] += (xa * xa * qa + xb * xb * qb) + (xc * xc * qc + xd * xd * qd);         \
+                const float cj = c[j];                                                           \
+                const float xa = (LOAD(a[j]) * na) * cj, xb = (LOAD(b[j]) * nb) * cj;             \
+                const float xc = (LOAD(cc[j]) * nc) * cj, xd = (LOAD(d[j]) * nd) * cj;            \
+                acc[j] += (xa * xa + xb * xb) + (xc * xc + xd * xd);                             \
             }                                                                                    \
         }                                                                                        \
         for (; i < hi; ++i) {                                                                    \
             const T *row = g + i * ld;                                                           \
+            const float ri = r[i];                                                               \
             float s = 0.0f;                                                                      \
             _Pragma("omp simd reduction(+:s)")                                                   \
             for (int64_t j = 0; j < n; ++j) {                                                    \
-                const float x = LOAD(row[j]);                                                    \
-                s += x * x * p[j];                                                               \
+                const float x = (LOAD(row[j]) * ri) * c[j];                                      \
+                s += x * x;                                                                      \
             }                                                                                    \
-            const float qi = fn / (s > eps2 ? s : eps2);                                         \
-            q[i] = qi;                                                                           \
+            const float ni = sk_new_scale(ri, row_norm_##T(row, n, ri, c, s), tn, eps);          \
+            r[i] = ni;                                                                           \
             _Pragma("omp simd")                                                                  \
             for (int64_t j = 0; j < n; ++j) {                                                    \
-                const float x = LOAD(row[j]);                                                    \
-                acc[j] += x * x * qi;                                                            \
+                const float x = (LOAD(row[j]) * ni) * c[j];                                      \
+                acc[j] += x * x;                                                                 \
             }                                                                                    \
         }                                                                                        \
     }
@@ -101,13 +147,14 @@ typedef uint16_t bf16_t;
 SK_ROWS_BODY(float, LOAD_F32)
 SK_ROWS_BODY(bf16_t, LOAD_BF16)
 
-/* Scales r [m], c [n] with SR-Sinkhorn(G) = diag(r) G diag(c) after `iters` row+column steps.
- * acc: nthreads * n fp32 scratch (per-thread column sums). r and c also serve as q and p (squared
- * scales) during the iteration and are square-rooted in place at the end. */
-void sk_scales(const void *g, int dtype, int64_t m, int64_t n, int64_t ld, int iters, float eps2,
+/* Scales r [m], c [n] with SR-Sinkhorn(G) = diag(r) G diag(c) after `iters` row+column steps, floors
+ * `eps` on the iterate's norms. acc: nthreads * n fp32 scratch (per-thread column sums of squares). */
+void sk_scales(const void *g, int dtype, int64_t m, int64_t n, int64_t ld, int iters, double eps,
                float *r, float *c, float *acc, int nthreads) {
     const int team = team_size(nthreads);
+    const double tm = sqrt((double)m);
     for (int64_t j = 0; j < n; ++j) c[j] = 1.0f;
+    for (int64_t i = 0; i < m; ++i) r[i] = 1.0f;
 #pragma omp parallel num_threads(team)
     {
 #ifdef _OPENMP
@@ -121,23 +168,22 @@ void sk_scales(const void *g, int dtype, int64_t m, int64_t n, int64_t ld, int i
         float *mine = acc + (int64_t)t * n;
         for (int it = 0; it < iters; ++it) {
             memset(mine, 0, (size_t)n * sizeof(float));
-            if (dtype == SK_BF16) rows_bf16_t((const bf16_t *)g, lo, hi, n, ld, eps2, c, r, mine);
-            else rows_float((const float *)g, lo, hi, n, ld, eps2, c, r, mine);
+            if (dtype == SK_BF16) rows_bf16_t((const bf16_t *)g, lo, hi, n, ld, eps, c, r, mine);
+            else rows_float((const float *)g, lo, hi, n, ld, eps, c, r, mine);
 #pragma omp barrier
             /* Column step: every thread reduces its own slice of columns over all accumulators. */
             for (int64_t j = jlo; j < jhi; ++j) {
-                float v = 0.0f;
+                double v = 0.0;
                 for (int u = 0; u < size; ++u) v += acc[(int64_t)u * n + j];
-                c[j] = (float)m / (v > eps2 ? v : eps2);
+                c[j] = sk_new_scale(c[j], sqrt(v), tm, eps);
             }
 #pragma omp barrier
         }
-        for (int64_t i = lo; i < hi; ++i) r[i] = sqrtf(r[i]);
-        for (int64_t j = jlo; j < jhi; ++j) c[j] = sqrtf(c[j]);
     }
 }
 
-/* out = diag(r) G diag(c), fp32, out row stride ldo. Same product order as the torch path: (g c) r. */
+/* out = diag(r) G diag(c), fp32, out row stride ldo. Same product order as the torch path and the
+ * iteration: (g r) c, which stays in range for any finite g (g r is a row-normalised entry). */
 #define SK_APPLY_BODY(T, LOAD)                                                                   \
     static void apply_##T(const T *g, int64_t m, int64_t n, int64_t ld, const float *r,           \
                           const float *c, float *out, int64_t ldo, int team) {                   \
@@ -147,7 +193,7 @@ void sk_scales(const void *g, int dtype, int64_t m, int64_t n, int64_t ld, int i
             float *o = out + i * ldo;                                                            \
             const float ri = r[i];                                                               \
             _Pragma("omp simd")                                                                  \
-            for (int64_t j = 0; j < n; ++j) o[j] = (LOAD(row[j]) * c[j]) * ri;                    \
+            for (int64_t j = 0; j < n; ++j) o[j] = (LOAD(row[j]) * ri) * c[j];                    \
         }                                                                                        \
     }
 SK_APPLY_BODY(float, LOAD_F32)
@@ -171,9 +217,9 @@ void sk_apply(const void *g, int dtype, int64_t m, int64_t n, int64_t ld, const 
         for (int64_t i = 0; i < m; ++i) {                                                        \
             const T *row = g + i * ld;                                                           \
             T *wi = w + i * ldw;                                                                 \
-            const float si = step * r[i];                                                        \
+            const float ri = r[i];                                                               \
             _Pragma("omp simd")                                                                  \
-            for (int64_t j = 0; j < n; ++j) wi[j] = STORE(LOAD(wi[j]) + si * (LOAD(row[j]) * c[j])); \
+            for (int64_t j = 0; j < n; ++j) wi[j] = STORE(LOAD(wi[j]) + step * ((LOAD(row[j]) * ri) * c[j])); \
         }                                                                                        \
     }
 SK_UPDATE_BODY(float, LOAD_F32, STORE_F32)
@@ -190,10 +236,29 @@ void sk_update(void *w, int64_t ldw, const void *g, int64_t ld, int dtype, int64
  * row, but only the first comes from memory: the row (n <= 16k fp32 in every LLaMA preset) stays in
  * L1/L2 for the centred second moment (two-pass: no cancellation, unlike E[x^2] - mean^2) and for the
  * write. Subtract, then scale (as the torch path): a constant row, whose std is below eps, is exactly 0;
- * the fused g * inv + (-mean * inv) would leave the rounding error of mean * inv, O(1) when inv = 1/eps. */
+ * the fused g * inv + (-mean * inv) would leave the rounding error of mean * inv, O(1) when inv = 1/eps.
+ *
+ * Range: the fp32 sums overflow for entries beyond ~1e18 (squares) or ~1e38 / n (the sum), and entries
+ * near the denormal range lose the mean's precision. A row whose fp32 mean or variance is not finite, or
+ * whose variance is below 2^-100 (std below ~1e-15: tiny, constant or zero rows), is recomputed in double,
+ * which holds every such sum exactly enough: any finite row is standardised as in exact arithmetic. */
 #define GN_BODY(T, LOAD)                                                                         \
-    static void grad_norm_##T(const T *g, int64_t m, int64_t n, int64_t ld, float eps2, float *out, \
+    static void grad_norm_slow_##T(const T *row, int64_t n, double eps, float *o) {              \
+        double s = 0.0;                                                                          \
+        for (int64_t j = 0; j < n; ++j) s += (double)LOAD(row[j]);                               \
+        const double mean = s / (double)n;                                                       \
+        double v = 0.0;                                                                          \
+        for (int64_t j = 0; j < n; ++j) {                                                        \
+            const double d = (double)LOAD(row[j]) - mean;                                        \
+            v += d * d;                                                                          \
+        }                                                                                        \
+        const double sd = sqrt(v / (double)n);                                                   \
+        const double inv = 1.0 / (sd > eps ? sd : eps);                                          \
+        for (int64_t j = 0; j < n; ++j) o[j] = (float)(((double)LOAD(row[j]) - mean) * inv);    \
+    }                                                                                            \
+    static void grad_norm_##T(const T *g, int64_t m, int64_t n, int64_t ld, double eps, float *out, \
                               int64_t ldo, int team) {                                          \
+        const float eps2 = (float)(eps * eps);                                                   \
         _Pragma("omp parallel for num_threads(team) schedule(static)")                           \
         for (int64_t i = 0; i < m; ++i) {                                                        \
             const T *row = g + i * ld;                                                           \
@@ -214,6 +279,10 @@ void sk_update(void *w, int64_t ldw, const void *g, int64_t ld, int dtype, int64
             const float c = e / (float)n;                                                        \
             mean += c;                                                                           \
             v = v / (float)n - c * c;                                                            \
+            if (!(isfinite(mean) && v >= 0x1p-100f && v <= FLT_MAX)) {                           \
+                grad_norm_slow_##T(row, n, eps, o);                                              \
+                continue;                                                                        \
+            }                                                                                    \
             const float inv = 1.0f / sqrtf(v > eps2 ? v : eps2);                                 \
             _Pragma("omp simd")                                                                  \
             for (int64_t j = 0; j < n; ++j) o[j] = (LOAD(row[j]) - mean) * inv;                  \
@@ -222,12 +291,12 @@ void sk_update(void *w, int64_t ldw, const void *g, int64_t ld, int dtype, int64
 GN_BODY(float, LOAD_F32)
 GN_BODY(bf16_t, LOAD_BF16)
 
-void gn_rows(const void *g, int dtype, int64_t m, int64_t n, int64_t ld, float eps2, float *out, int64_t ldo,
+void gn_rows(const void *g, int dtype, int64_t m, int64_t n, int64_t ld, double eps, float *out, int64_t ldo,
              int nthreads) {
     const int team = team_size(nthreads);
-    if (dtype == SK_BF16) grad_norm_bf16_t((const bf16_t *)g, m, n, ld, eps2, out, ldo, team);
-    else grad_norm_float((const float *)g, m, n, ld, eps2, out, ldo, team);
+    if (dtype == SK_BF16) grad_norm_bf16_t((const bf16_t *)g, m, n, ld, eps, out, ldo, team);
+    else grad_norm_float((const float *)g, m, n, ld, eps, out, ldo, team);
 }
 
 /* Lets the loader check that it opened the library built from this source revision. */
-int sk_abi_version(void) { return 2; }
+int sk_abi_version(void) { return 3; }

@@ -29,7 +29,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 from optimizers import functional as F
-from optimizers.stateless import SWAN, SinkGD, _chunks, _same_shape_buckets
+from optimizers.functional.gradnorm import _grad_norm_into
+from optimizers.functional.sinkhorn import _sinkhorn_inplace_
+from optimizers.functional.whitening import _whiten_batch
+from optimizers.stateless import SWAN, SinkGD, _add_update_, _chunks, _same_shape_buckets
 
 __all__ = [
     "DDPSWAN", "DDPSinkGD", "FSDPSWAN", "FSDPSinkGD", "assign_owners", "sharded_sinkhorn_scales",
@@ -129,7 +132,7 @@ class DDPSWAN(_Collectives, SWAN):
         for i, chunk in enumerate(chunks):  # all local work first, so ranks whiten in parallel
             if owners[i] == self.rank:
                 with self._timer():
-                    mine[i] = self._preprocess(chunk, group)
+                    mine[i], _ = self._preprocess(chunk, group)  # the scratch is dropped: keep one buffer
         for i, chunk in enumerate(chunks):
             m, n = chunk[0].shape
             update = mine.pop(i, None)
@@ -194,20 +197,14 @@ def sharded_sinkhorn_scales(g_local: Tensor, rows: int, iters: int, eps: float,
                             all_reduce: Callable[[Tensor], None]) -> tuple[Tensor, Tensor]:
     """SR-Sinkhorn scales (r for the local rows, c for all columns) of a row-sharded matrix.
 
-    Same recurrence as `functional.sinkhorn_scales` with S = G*G: the row step q = n / (S p) needs only
-    local rows; the column step p = m / (S^T q) sums over all rows, so its n-vector is all-reduced.
+    The same iteration as `functional.sr_sinkhorn(..., method="vectors")` on the local rows' iterate (an
+    fp32 copy, scaled in place, eps floors on the iterate's norms): the row step needs only local rows; the
+    column step needs every row's squares, so the n column sums of squares are all-reduced per iteration.
     """
-    n = g_local.shape[-1]
-    s = g_local.to(torch.float32, copy=True).square_()
-    p = torch.ones(n, dtype=torch.float32, device=g_local.device)
-    q = torch.empty(s.shape[0], dtype=torch.float32, device=g_local.device)
-    eps2 = eps * eps
-    for _ in range(iters):
-        torch.mv(s, p, out=q).clamp_min_(eps2).reciprocal_().mul_(n)
-        v = torch.mv(s.T, q)
-        all_reduce(v)
-        p = v.clamp_min_(eps2).reciprocal_().mul_(rows)
-    return q.sqrt_(), p.sqrt_()
+    x = g_local.to(torch.float32, copy=True).unsqueeze(0)
+    _, r, c = _sinkhorn_inplace_(x, iters, eps, all_reduce=all_reduce, rows_total=rows)
+    del x
+    return r.reshape(-1), c.reshape(-1)
 
 
 class _FSDPMixin(_Collectives):
@@ -244,7 +241,7 @@ class FSDPSWAN(_FSDPMixin, SWAN):
         owners = assign_owners([_whitening_cost(p.shape, group["steps"]) for p in params], self.world_size)
         for p, owner in zip(params, owners):
             update = self._whiten_sharded(p, owner, group)
-            _local(p).add_(update, alpha=step)
+            _add_update_(_local(p), update, step)
 
     def _whiten_sharded(self, p: Tensor, owner: int, group: dict[str, Any]) -> Tensor:
         m, n = p.shape
@@ -252,7 +249,7 @@ class FSDPSWAN(_FSDPMixin, SWAN):
         g = _local(p.grad)
         padded = torch.zeros((block, n), dtype=torch.float32, device=g.device)
         with self._timer():
-            F._grad_norm_into(g, padded[: g.shape[0]], group["eps"])  # rows are independent: local
+            _grad_norm_into(g, padded[: g.shape[0]], group["eps"])  # rows are independent: local
         is_owner = owner == self.rank
         blocks = [torch.empty_like(padded) for _ in range(self.world_size)] if is_owner else None
         with self._comm():
@@ -260,7 +257,8 @@ class FSDPSWAN(_FSDPMixin, SWAN):
         if is_owner:
             with self._timer():
                 full = torch.cat(blocks)[:m].unsqueeze(0)
-                update = F._whiten_batch(full, group["steps"], group["beta"], group["whitening"])
+                update = _whiten_batch(full, group["steps"], group["beta"], group["whitening"],
+                                         group["whiten_precision"], centered=True, owned=True)
                 F.frobenius_rescale_(update, math.sqrt(m * n), group["eps"])
             update = update[0]
             blocks = [torch.zeros_like(padded) for _ in range(self.world_size)]
@@ -286,7 +284,8 @@ class FSDPSinkGD(_FSDPMixin, SinkGD):
             with self._timer():
                 r, c = sharded_sinkhorn_scales(g, p.shape[0], group["iterations"], group["eps"],
                                                self._all_reduce)
-            _local(p).addcmul_(g * c, r.unsqueeze(-1), value=step)
+            update = g * r.unsqueeze(-1)  # (g r) c, the order that stays in range
+            _add_update_(_local(p), update.mul_(c), step)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ __all__ = ["available", "unavailable_reason", "describe", "supports", "scales", 
 
 SOURCE = Path(__file__).with_name("_kernels.c")
 ENV_DISABLE = "SWANBENCH_NATIVE"
-ABI_VERSION = 2
+ABI_VERSION = 3
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 # -march=native: the library is built on, and cached for, the CPU it runs on (the CPU flags are in the
 # cache key). The fallbacks cover compilers without OpenMP (Apple clang) or without -march=native.
@@ -106,11 +106,11 @@ def _compile(cc: str, flags: list[str], target: Path) -> str | None:
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    i64, f32, ptr, i32 = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int
-    lib.sk_scales.argtypes = [ptr, i32, i64, i64, i64, i32, f32, ptr, ptr, ptr, i32]
+    i64, f32, f64, ptr, i32 = ctypes.c_int64, ctypes.c_float, ctypes.c_double, ctypes.c_void_p, ctypes.c_int
+    lib.sk_scales.argtypes = [ptr, i32, i64, i64, i64, i32, f64, ptr, ptr, ptr, i32]
     lib.sk_apply.argtypes = [ptr, i32, i64, i64, i64, ptr, ptr, ptr, i64, i32]
     lib.sk_update.argtypes = [ptr, i64, ptr, i64, i32, i64, i64, ptr, ptr, f32, i32]
-    lib.gn_rows.argtypes = [ptr, i32, i64, i64, i64, f32, ptr, i64, i32]
+    lib.gn_rows.argtypes = [ptr, i32, i64, i64, i64, f64, ptr, i64, i32]
     for fn in (lib.sk_scales, lib.sk_apply, lib.sk_update, lib.gn_rows):
         fn.restype = None
     lib.sk_abi_version.restype = ctypes.c_int
@@ -223,16 +223,16 @@ def _fp32_vector(x: Tensor, size: int, what: str) -> Tensor:
 
 _LIBRARY = torch.library.Library("swanbench", "DEF")
 _SCHEMAS = {
-    "sinkhorn_scales": "sinkhorn_scales(Tensor g, int iters, float eps2, Tensor(a!) r, Tensor(b!) c, Tensor(c!) acc) -> ()",
+    "sinkhorn_scales": "sinkhorn_scales(Tensor g, int iters, float eps, Tensor(a!) r, Tensor(b!) c, Tensor(c!) acc) -> ()",
     "sinkhorn_apply": "sinkhorn_apply(Tensor g, Tensor r, Tensor c, Tensor(a!) result) -> ()",
     "sinkhorn_update": "sinkhorn_update(Tensor(a!) w, Tensor g, Tensor r, Tensor c, float step) -> ()",
-    "grad_norm_rows": "grad_norm_rows(Tensor g, float eps2, Tensor(a!) result) -> ()",
+    "grad_norm_rows": "grad_norm_rows(Tensor g, float eps, Tensor(a!) result) -> ()",
 }
 
 
-def _impl_scales(g: Tensor, iters: int, eps2: float, r: Tensor, c: Tensor, acc: Tensor) -> None:
+def _impl_scales(g: Tensor, iters: int, eps: float, r: Tensor, c: Tensor, acc: Tensor) -> None:
     m, n = g.shape
-    _lib().sk_scales(g.data_ptr(), _DTYPES[g.dtype], m, n, g.stride(0), iters, eps2, r.data_ptr(),
+    _lib().sk_scales(g.data_ptr(), _DTYPES[g.dtype], m, n, g.stride(0), iters, eps, r.data_ptr(),
                      c.data_ptr(), acc.data_ptr(), acc.shape[0])
 
 
@@ -248,9 +248,9 @@ def _impl_update(w: Tensor, g: Tensor, r: Tensor, c: Tensor, step: float) -> Non
                      r.data_ptr(), c.data_ptr(), step, _threads())
 
 
-def _impl_grad_norm(g: Tensor, eps2: float, result: Tensor) -> None:
+def _impl_grad_norm(g: Tensor, eps: float, result: Tensor) -> None:
     m, n = g.shape
-    _lib().gn_rows(g.data_ptr(), _DTYPES[g.dtype], m, n, g.stride(0), eps2, result.data_ptr(),
+    _lib().gn_rows(g.data_ptr(), _DTYPES[g.dtype], m, n, g.stride(0), eps, result.data_ptr(),
                    result.stride(0), _threads())
 
 
@@ -274,7 +274,9 @@ _op_grad_norm = torch.ops.swanbench.grad_norm_rows.default
 def scales(g: Tensor, iters: int, eps: float) -> tuple[Tensor, Tensor]:
     """SR-Sinkhorn scales (r [m], c [n]) of one matrix: SR-Sinkhorn(g) = diag(r) g diag(c).
 
-    Workspace: r, c and one n-vector of column sums per thread (all fp32 torch tensors).
+    The iteration works on the literal iterate diag(r) g diag(c), with the eps floor on its row and column
+    norms (see `_kernels.c`); any finite g (fp32 maximum down to denormals) is in range. Workspace: r, c
+    and one n-vector of column sums per thread (all fp32 torch tensors).
     """
     _require(g, "native.scales")
     m, n = g.shape
@@ -283,7 +285,7 @@ def scales(g: Tensor, iters: int, eps: float) -> tuple[Tensor, Tensor]:
     # accumulators are freed with it once the caller drops r and c.
     buf = torch.empty(m + n + threads * n, dtype=torch.float32)
     r, c, acc = buf[:m], buf[m:m + n], buf[m + n:].view(threads, n)
-    _op_scales(g, int(iters), float(eps) ** 2, r, c, acc)
+    _op_scales(g, int(iters), float(eps), r, c, acc)
     return r, c
 
 
@@ -323,5 +325,5 @@ def grad_norm_into(g: Tensor, out: Tensor, eps: float) -> Tensor:
     if out2.dtype != torch.float32 or out2.shape != g2.shape or out2.device.type != "cpu" or not _rows_disjoint(out2):
         raise ValueError(f"native.grad_norm_into: out must be a CPU float32 {tuple(g.shape)} tensor with unit "
                          f"column stride, got {out.dtype} {tuple(out.shape)}")
-    _op_grad_norm(g2, float(eps) ** 2, out2)
+    _op_grad_norm(g2, float(eps), out2)
     return out

@@ -4,7 +4,8 @@ Every entry names the code that runs (`OptimizerInfo.implementation`), its hyper
 (anything else is a `ValueError` naming it), and its memory declaration for the analytic estimator:
 `state_numel(shape)` persistent state elements per parameter, `state_dtype`, `scalar_state_bytes` (0-dim
 per-parameter counters such as Adam's `step`, which torch keeps as a float32 tensor) and
-`workspace_numel(shape)` transient fp32 elements inside `step()`.
+`workspace_numel(shape, device=..., dtype=..., **hparams)` transient fp32 elements inside `step()` (defaults:
+CPU, fp32 parameters, the entry's default hyperparameters).
 
 Baselines are torch's own optimizers (fused kernels where the device has them, else foreach) or a
 maintained package (`lion-pytorch`), never a copy. `swan`, `swan-fast`, `sinkgd` and `muon` are hybrids:
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import inspect
 import logging
 import math
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from optimizers import costs
+from optimizers import functional as F
 from optimizers.hybrid import LLAMA_RULES, HybridOptimizer, partition
 from optimizers.stateless import SWAN, SinkGD, sinkgd_workspace_numel, swan_workspace_numel
 
@@ -88,7 +91,8 @@ class OptimizerInfo:
     requires: str | None
     hparams: Mapping[str, Any]
     _state: Callable[[Shape], int] = field(repr=False)
-    _workspace: Callable[[Shape], int] = field(repr=False)
+    # (shape, hparams, device, dtype) -> fp32 elements; see `workspace_numel`
+    _workspace: Callable[..., int] = field(repr=False)
     rest_optimizer: str | None = None
     whole_matrix: bool = False
     color: str | None = None
@@ -108,9 +112,24 @@ class OptimizerInfo:
         """Persistent optimizer-state elements for one parameter of `shape` (scalars excluded)."""
         return int(self._state(tuple(shape)))
 
-    def workspace_numel(self, shape: Shape) -> int:
-        """Peak transient fp32 elements allocated inside `step()` for one parameter of `shape`."""
-        return int(self._workspace(tuple(shape)))
+    def workspace_numel(self, shape: Shape, *, device: str | torch.device = "cpu",
+                        dtype: str | torch.dtype | None = None, **hparams: Any) -> int:
+        """Peak transient fp32 elements allocated inside `step()` for one parameter of `shape`.
+
+        device: where the step runs ("cpu" by default; "cuda", "cuda:0", a torch.device): SinkGD's CUDA path
+            materialises an m x n iterate that its CPU kernels avoid. dtype: the parameter dtype (a
+            torch.dtype or a name such as "bfloat16"; default fp32). hparams: the configuration, defaults
+            filled in (e.g. SWAN's `steps`, `whiten_precision`); unknown names are a ValueError.
+        """
+        unknown = sorted(set(hparams) - set(self.hparams))
+        if unknown:
+            raise ValueError(f"workspace_numel: unknown hyperparameter(s) {', '.join(unknown)} for {self.name!r}")
+        if dtype is None:
+            dtype = torch.float32
+        elif isinstance(dtype, str):
+            name = dtype.removeprefix("torch.").strip().lower()
+            dtype = getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(name, name))
+        return int(self._workspace(tuple(shape), {**self.hparams, **hparams}, torch.device(device), dtype))
 
     def state_bytes(self, shape: Shape, param_dtype: torch.dtype) -> int:
         """state_numel * element size of the state dtype, plus the scalar counters."""
@@ -238,8 +257,9 @@ def _hybrid(model, hp, make_matrix: Callable[[list, dict], tuple[torch.optim.Opt
 def _swan_matrix(params, hp, whitening: str):
     opt = SWAN(params, lr=hp["lr"], alpha=hp["alpha"], steps=hp["steps"], beta=hp["beta"], whitening=whitening,
                eps=hp["eps"], weight_decay=hp["weight_decay"], nonfinite=hp["nonfinite"],
-               batch_budget=hp["batch_budget"])
-    return opt, f"optimizers.SWAN(whitening={whitening!r}, steps={hp['steps']}, beta={hp['beta']})"
+               batch_budget=hp["batch_budget"], whiten_precision=hp["whiten_precision"])
+    precision = "" if hp["whiten_precision"] == "fp32" else f", whiten_precision={hp['whiten_precision']!r}"
+    return opt, f"optimizers.SWAN(whitening={whitening!r}, steps={hp['steps']}, beta={hp['beta']}{precision})"
 
 
 def _sinkgd_matrix(params, hp):
@@ -289,6 +309,9 @@ def _validate_swan(hp: dict[str, Any]) -> None:
     _validate_stateless(hp)
     hp["steps"] = _int("steps", hp["steps"])
     hp["beta"] = _number("beta", hp["beta"], 0.0, True, 1.0, True)
+    if hp["whiten_precision"] not in F.WHITEN_PRECISIONS:
+        raise ValueError(f"whiten_precision must be one of {', '.join(map(repr, F.WHITEN_PRECISIONS))}, "
+                         f"got {hp['whiten_precision']!r}")
     if hp["batch_budget"] is not None:
         hp["batch_budget"] = _int("batch_budget", hp["batch_budget"])
 
@@ -332,11 +355,23 @@ def _swan_state(shape: Shape) -> int:
     return 0
 
 
+def _workspace_callable(fn: Callable[..., int]) -> Callable[..., int]:
+    """A declaration `workspace(shape)` (the simple form) or `workspace(shape, hparams, device, dtype)`."""
+    try:
+        positional = [p for p in inspect.signature(fn).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    except (TypeError, ValueError):
+        return fn
+    if len(positional) == 1 and positional[0].kind != positional[0].VAR_POSITIONAL:
+        return lambda shape, hp, device, dtype: fn(shape)
+    return fn
+
+
 def _info(name, description, implementation, state, workspace, hparams, hybrid=False, scalar=0,
           requires=None, whole_matrix=False, parts=None, color=None, order=1000) -> OptimizerInfo:
     return OptimizerInfo(name=name, description=description, implementation=implementation, hybrid=hybrid,
                          state_dtype="param", scalar_state_bytes=scalar, requires=requires,
-                         hparams=dict(hparams), _state=state, _workspace=workspace,
+                         hparams=dict(hparams), _state=state, _workspace=_workspace_callable(workspace),
                          rest_optimizer="adamw" if hybrid else None, whole_matrix=whole_matrix,
                          color=color, order=order, _parts=parts or (lambda hp: ()))
 
@@ -352,16 +387,22 @@ def _grad_norm_part() -> StepPart:
     return StepPart("grad_norm", ("rowwise",), costs.grad_norm_flops)
 
 
+def _precision_suffix(hp: Mapping[str, Any]) -> str:
+    """"" for fp32 whitening (the kernel suite's plain names), "-tf32" / "-bf16" otherwise."""
+    precision = hp.get("whiten_precision", "fp32")
+    return "" if precision == "fp32" else f"-{precision}"
+
+
 def _swan_parts(hp: Mapping[str, Any]) -> tuple[StepPart, ...]:
     k, b = int(hp["steps"]), float(hp["beta"])
-    whiten = StepPart("grad_whiten", (f"ns-b{_num_text(b)}-k{k}",),
+    whiten = StepPart("grad_whiten", (f"ns-b{_num_text(b)}-k{k}{_precision_suffix(hp)}",),
                       lambda r, c: costs.newton_schulz_flops(r, c, k))
     return _grad_norm_part(), whiten
 
 
 def _swan_fast_parts(hp: Mapping[str, Any]) -> tuple[StepPart, ...]:
     k, b = int(hp["steps"]), float(hp["beta"])
-    whiten = StepPart("grad_whiten", (f"nsds-b{_num_text(b)}-k{k}",),
+    whiten = StepPart("grad_whiten", (f"nsds-b{_num_text(b)}-k{k}{_precision_suffix(hp)}",),
                       lambda r, c: costs.newton_schulz_diag_flops(r, c, k))
     return _grad_norm_part(), whiten
 
@@ -389,11 +430,27 @@ def _adafactor_state(shape: Shape) -> int:
     return _numel(shape)
 
 
-def _muon_workspace(shape: Shape) -> int:
+def _muon_workspace(shape: Shape, *_: Any) -> int:
     # torch.optim.Muon (fp32 params): the Nesterov blend (m n), the bf16 copy and its NS iterate
     # (2 x m n bf16 = m n fp32), the bf16 Gram and its polynomial (2 s^2 bf16 = s^2 fp32).
     m, n = _matrix(shape)
     return 2 * m * n + min(m, n) ** 2
+
+
+def _no_workspace(shape: Shape, *_: Any) -> int:
+    return 0
+
+
+def _swan_workspace(whitening: str) -> Callable[..., int]:
+    """SWAN's declaration (`stateless.swan_workspace_numel`): the same on every device and parameter dtype."""
+    def workspace(shape: Shape, hp: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> int:
+        return swan_workspace_numel(_matrix(shape), int(hp["steps"]), whitening, hp["whiten_precision"])
+    return workspace
+
+
+def _sinkgd_workspace(shape: Shape, hp: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> int:
+    """SinkGD's declaration (`stateless.sinkgd_workspace_numel`) for the kernel its step picks on `device`."""
+    return sinkgd_workspace_numel(_matrix(shape), "auto", device, dtype)
 
 
 _ADAM_HP = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
@@ -406,26 +463,26 @@ def _register(info_: OptimizerInfo, build_fn, validate) -> None:
 
 _register(_info("adamw", "AdamW: Adam with decoupled weight decay (2 moments per parameter)",
                 "torch.optim.AdamW(fused=True where the device has it, else foreach=True)",
-                lambda s: 2 * _numel(s), lambda s: 0, _ADAM_HP, scalar=4, color="#1f77b4", order=0),
+                lambda s: 2 * _numel(s), _no_workspace, _ADAM_HP, scalar=4, color="#1f77b4", order=0),
           _build_adamw, _validate_adam)
 _register(_info("adam", "Adam (L2 weight decay coupled into the gradient)",
                 "torch.optim.Adam(fused=True where the device has it, else foreach=True)",
-                lambda s: 2 * _numel(s), lambda s: 0, _ADAM_HP, scalar=4, color="#6baed6", order=10),
+                lambda s: 2 * _numel(s), _no_workspace, _ADAM_HP, scalar=4, color="#6baed6", order=10),
           _build_adam, _validate_adam)
 _register(_info("sgd", "plain SGD, no state", "torch.optim.SGD(momentum=0, fused=True/foreach=True)",
-                lambda s: 0, lambda s: 0, dict(lr=1e-2, weight_decay=0.0), color="#7f7f7f", order=20),
+                lambda s: 0, _no_workspace, dict(lr=1e-2, weight_decay=0.0), color="#7f7f7f", order=20),
           lambda m, hp: _build_sgd(m, hp, 0.0), _common)
 _register(_info("sgd-momentum", "SGD with heavy-ball momentum 0.9 (one buffer per parameter)",
                 "torch.optim.SGD(momentum=0.9, fused=True/foreach=True)",
-                lambda s: _numel(s), lambda s: 0, dict(lr=1e-2, weight_decay=0.0), color="#bcbd22", order=30),
+                lambda s: _numel(s), _no_workspace, dict(lr=1e-2, weight_decay=0.0), color="#bcbd22", order=30),
           lambda m, hp: _build_sgd(m, hp, 0.9), _common)
 _register(_info("adafactor", "Adafactor: factored second moment (row + column statistics), no momentum",
-                "torch.optim.Adafactor(foreach=True)", _adafactor_state, lambda s: _numel(s),
+                "torch.optim.Adafactor(foreach=True)", _adafactor_state, lambda s, *_: _numel(s),
                 dict(lr=1e-2, beta2_decay=-0.8, eps=1e-3, d=1.0, weight_decay=0.0), scalar=4,
                 color="#9467bd", order=40),
           _build_adafactor, _validate_adafactor)
 _register(_info("lion", "Lion: sign of an interpolated momentum (one buffer per parameter)",
-                "lion_pytorch.Lion", lambda s: _numel(s), lambda s: 2 * _numel(s),
+                "lion_pytorch.Lion", lambda s: _numel(s), lambda s, *_: 2 * _numel(s),
                 dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0), requires="lion-pytorch",
                 color="#e377c2", order=60),
           _build_lion, _validate_lion)
@@ -437,19 +494,21 @@ _register(_info("muon", "Muon (momentum + quintic Newton-Schulz) on hidden matri
           lambda m, hp: _hybrid(m, hp, _muon_matrix), _validate_muon)
 _register(_info("swan", "SWAN: GradNorm + Newton-Schulz GradWhitening, stateless, on hidden matrices; "
                 "AdamW on the rest", "HybridOptimizer(optimizers.SWAN(newton-schulz) + torch.optim.AdamW)",
-                _swan_state, lambda s: swan_workspace_numel(_matrix(s), 10, "newton-schulz"),
-                dict(_STATELESS_DEFAULTS, steps=10, beta=0.8, batch_budget=None), hybrid=True,
+                _swan_state, _swan_workspace("newton-schulz"),
+                dict(_STATELESS_DEFAULTS, steps=10, beta=0.8, batch_budget=None, whiten_precision="fp32"),
+                hybrid=True,
                 whole_matrix=True, parts=_swan_parts, color="#d62728", order=70),
           lambda m, hp: _hybrid(m, hp, lambda p, h: _swan_matrix(p, h, "newton-schulz")), _validate_swan)
 _register(_info("swan-fast", "SWAN with NSDS (diagonal-substitution) whitening, b=0.4, k=2; AdamW on the rest",
                 "HybridOptimizer(optimizers.SWAN(diag) + torch.optim.AdamW)",
-                _swan_state, lambda s: swan_workspace_numel(_matrix(s), 2, "diag"),
-                dict(_STATELESS_DEFAULTS, steps=2, beta=0.4, batch_budget=None), hybrid=True,
+                _swan_state, _swan_workspace("diag"),
+                dict(_STATELESS_DEFAULTS, steps=2, beta=0.4, batch_budget=None, whiten_precision="fp32"),
+                hybrid=True,
                 whole_matrix=True, parts=_swan_fast_parts, color="#ff9896", order=80),
           lambda m, hp: _hybrid(m, hp, lambda p, h: _swan_matrix(p, h, "diag")), _validate_swan)
 _register(_info("sinkgd", "SinkGD: SR-Sinkhorn (L=5) normalised gradient, stateless, on hidden matrices; "
                 "AdamW on the rest", "HybridOptimizer(optimizers.SinkGD + torch.optim.AdamW)",
-                _swan_state, lambda s: sinkgd_workspace_numel(_matrix(s)),
+                _swan_state, _sinkgd_workspace,
                 dict(_STATELESS_DEFAULTS, iterations=5), hybrid=True,
                 parts=_sinkgd_parts, color="#2ca02c", order=90),
           lambda m, hp: _hybrid(m, hp, _sinkgd_matrix), _validate_sinkgd)

@@ -12,9 +12,11 @@ Shared behaviour:
   so a scheduler acting on `group["lr"]` scales every group alike).
 - `weight_decay` is decoupled (AdamW-style `W <- W (1 - lr wd)`; the protocol uses 0).
 - Parameters and gradients may be bf16: everything between the gradient and the update is fp32; the
-  update is added to the parameter in its own dtype.
+  update is added to the parameter in its own dtype (p + lr alpha u formed in fp32, rounded once), with no
+  fp32 temporary of the parameter: on CPU, torch would otherwise allocate two for a mixed-dtype add.
 - Non-finite gradients (`nonfinite=`): before any parameter changes, the step checks all gradients
-  (one fused norm over the step's gradients). "raise" (default) raises `NonFiniteGradientError` and
+  (one fused max-abs over the step's gradients: unlike a norm it cannot overflow, so every finite
+  gradient, up to the fp32 maximum, passes). "raise" (default) raises `NonFiniteGradientError` and
   leaves every parameter untouched; "skip" skips the whole step, counts it in `skipped_steps` and warns.
   Whitening or Sinkhorn scaling would otherwise smear one NaN over the whole matrix.
 - `preprocess_timer`: None, or a zero-argument callable returning a context manager; when set, the
@@ -33,6 +35,9 @@ import torch
 from torch import Tensor
 
 from optimizers import functional as F
+from optimizers.functional.gradnorm import _grad_norm_into
+from optimizers.functional.sinkhorn import _sinkhorn_inplace_
+from optimizers.functional.whitening import _check_precision, _validate_whiten_args, _whiten_batch
 from optimizers import native
 
 __all__ = ["SWAN", "SinkGD", "NonFiniteGradientError", "swan_workspace_numel", "sinkgd_workspace_numel"]
@@ -40,7 +45,8 @@ __all__ = ["SWAN", "SinkGD", "NonFiniteGradientError", "swan_workspace_numel", "
 NONFINITE_POLICIES = ("raise", "skip")
 
 # SinkGD stacks same-shape matrices of at most this many elements into one batched call, up to this many
-# elements per batch (4 MiB fp32; the batch's transient is twice that: the stacked copy and G*G).
+# elements per batch (4 MiB fp32; the batch's transient is the stacked fp32 copy, iterated in place, and on
+# CPU a scratch of its squares of the same size).
 SINKGD_STACK_NUMEL = 1 << 20
 SINKGD_METHODS = ("auto", "native", "blocked", "vectors")
 
@@ -53,41 +59,88 @@ class NonFiniteGradientError(FloatingPointError):
 # Workspace: the transient fp32 elements one step allocates (also declared through optimizers.info)
 # --------------------------------------------------------------------------------------------------
 
-def swan_workspace_numel(shape: tuple[int, ...], steps: int = 10, method: str = "newton-schulz") -> int:
-    """Peak transient fp32 elements of one SWAN step on one m x n matrix (s = min(m, n)).
+def swan_workspace_numel(shape: tuple[int, ...], steps: int = 10, method: str = "newton-schulz",
+                         precision: str = "fp32") -> int:
+    """Peak transient fp32 elements of one SWAN step on one m x n matrix (s = min(m, n)), any parameter
+    dtype and device.
 
-    The fp32 GradNorm'd copy X (m n) lives throughout; while whitening, the loop's s x s buffers
-    (`functional.whiten_buffers`: 4 for k >= 3 coupled steps, 1 for NSDS) sit beside it; then only Z (s^2)
-    and the output Z X (m n) remain. O(m) row statistics and scalars are not counted.
+    fp32 / tf32 whitening: the fp32 GradNorm'd copy X (m n) lives throughout; while whitening, the loop's
+    s x s buffers (`functional.whiten_buffers`: 4 for k >= 3 coupled steps, 1 for NSDS) sit beside it; then
+    Z (s^2) and the output Z X (m n). X then serves as the scratch through which a bf16 parameter is
+    updated, so the parameter dtype adds nothing.
+    bf16 whitening (counted in bytes, returned as bytes // 4): X (4 m n) throughout, plus the largest of
+    its bf16 copy with the bf16 Gram and its fp32 normalisation (2 m n + 6 s^2), the bf16 copy with the
+    loop's bf16 buffers (2 m n + 2 B s^2), and the bf16 copy, Z and the bf16 product (4 m n + 2 s^2); the
+    product is converted into X's buffer, which becomes the update. These are the tensors; on CPU, oneDNN's
+    bf16 matmuls also pack an operand into scratch of their own (measured: +11 KiB on 24 x 72, +225 KiB on
+    300 x 700, i.e. +10% .. +75%), which this does not count; CUDA's matmuls allocate nothing per call.
+    O(m + n) row statistics and scalars are not counted.
     """
     m, n = int(shape[-2]), int(shape[-1])
     s = min(m, n)
-    loop = F.whiten_buffers(steps, method) * s * s
-    final = s * s + m * n
-    return m * n + max(loop, final)
+    buffers = F.whiten_buffers(steps, method)
+    if precision == "bf16":
+        peak = 4 * m * n + max(2 * m * n + 6 * s * s, 2 * m * n + 2 * buffers * s * s, 4 * m * n + 2 * s * s)
+        return peak // 4
+    _check_precision(precision)
+    return m * n + max(buffers * s * s, s * s + m * n)
 
 
-def sinkgd_workspace_numel(shape: tuple[int, ...], method: str = "auto") -> int:
-    """Peak transient fp32 elements of one SinkGD step on one m x n CPU matrix.
+def sinkgd_workspace_numel(shape: tuple[int, ...], method: str = "auto", device: str | torch.device = "cpu",
+                           dtype: torch.dtype = torch.float32) -> int:
+    """Peak transient fp32 elements of one SinkGD step on one m x n matrix on `device`, parameters `dtype`.
 
-    "native" (what "auto" picks when the C kernels are built): the scales r (m) and c (n) and one n-vector
-    of column sums per torch thread; the update is fused into the parameter in the same C sweep.
-    "blocked" (the pure-torch kernel): one L2-sized scratch block of rows (`functional.sinkhorn_block_rows(n)`
-    x n), the squared scales q (m) and p (n) and the column accumulator (n); the update goes through a
-    scratch block of the same size. Neither allocates an m x n buffer. (Both measured with the torch
-    profiler in the tests: equal up to a few 0-dim scalars.) The blocked kernel stacks small same-shape
-    matrices (m n <= SINKGD_STACK_NUMEL) instead: two m n fp32 buffers per stacked matrix, at most
-    2 * SINKGD_STACK_NUMEL elements (8 MiB) per batch; this function declares one matrix stepped alone.
+    "auto" is what the step runs: on CPU "native" when the C kernels are built, else "blocked"; on other
+    devices (CUDA) "vectors".
+    "native": the scales r (m) and c (n) and one n-vector of column sums per torch thread; the update is
+        fused into the parameter (fp32 or bf16) in the same C sweep. Exact.
+    "blocked" (the pure-torch CPU kernel): one L2-sized scratch block of rows (b = `functional.
+        sinkhorn_block_rows(n)` rows), the scales r and c, the row factors (m) and the column accumulator
+        (n): b n + 2 m + 2 n; then the update with r, c and one scratch block, two for a bf16 parameter
+        (the fp32 sum before rounding). No m x n buffer.
+    "vectors" (CUDA's path, also runnable on CPU): the iterate, an fp32 m x n copy of the gradient scaled
+        in place, and its row and column factors: m n + m + n on CUDA, whose update adds the iterate to the
+        parameter in one kernel (bf16 cast in registers). On CPU the column sums go through an m x n
+        scratch of squares (torch's CPU reduction over rows is ~10x slower than a BLAS product): 2 m n +
+        m + n, which also covers a bf16 parameter's m x n fp32 cast in the update (torch casts mixed-dtype
+        operands through temporaries on CPU only).
+    Not counted (as for SWAN): O(m + n) transients of the first row step (row maxima and their exponents,
+    at most ~4 (m + n) elements). The non-native kernels stack small same-shape matrices (m n <=
+    SINKGD_STACK_NUMEL) into one fp32 batch iterated as "vectors" (the stack, up to 4 MiB, plus on CPU its
+    squares scratch); this function declares one matrix stepped alone.
     """
     m, n = int(shape[-2]), int(shape[-1])
+    cpu = torch.device(device).type == "cpu"
+    half_on_cpu = cpu and dtype != torch.float32
     if method == "auto":
-        method = "native" if native.available() else "blocked"
+        method = ("native" if native.available() else "blocked") if cpu else "vectors"
     if method == "native":
+        if not cpu:
+            raise ValueError("sinkgd_workspace_numel: the native kernels run on CPU only")
         return m + n + max(1, torch.get_num_threads()) * n
     if method == "blocked":
-        rows = min(m, F.sinkhorn_block_rows(n))
-        return rows * n + m + 2 * n
-    raise ValueError(f"sinkgd_workspace_numel knows 'auto', 'native' and 'blocked', got {method!r}")
+        rows = min(m, F.sinkhorn_block_rows(n)) if cpu else m
+        return max(rows * n + 2 * m + 2 * n, m + n + rows * n * (2 if half_on_cpu else 1))
+    if method == "vectors":
+        return (2 * m * n if cpu else m * n) + m + n
+    raise ValueError(f"sinkgd_workspace_numel knows 'auto', 'native', 'blocked' and 'vectors', got {method!r}")
+
+
+def _add_update_(p: Tensor, u: Tensor, alpha: float, scratch: Tensor | None = None) -> None:
+    """p += alpha * u for an fp32 update u of p's shape, with p + alpha u formed in fp32 and rounded once.
+
+    Same dtype, or any device but CPU (CUDA kernels cast mixed operands in registers): one add_. On CPU a
+    bf16/fp16 parameter would make torch allocate two fp32 temporaries (p cast up, and the fp32 result
+    before the cast down); instead the sum goes through `scratch` (an fp32 buffer of p's shape that the
+    caller no longer needs: none allocated), or, without one, through u itself (consumed; one temporary,
+    p cast up).
+    """
+    if p.dtype == u.dtype or p.device.type != "cpu":
+        p.add_(u, alpha=alpha)
+    elif scratch is not None:
+        p.copy_(scratch.copy_(p).add_(u, alpha=alpha))
+    else:
+        p.copy_(u.mul_(alpha).add_(p))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,12 +205,14 @@ class _StatelessMatrixOptimizer(torch.optim.Optimizer):
         return out
 
     def _all_finite(self, groups: list[list[Tensor]]) -> bool:
-        """One fused norm per device/dtype over every gradient of the step (one host sync)."""
+        """One fused max-abs per device/dtype over every gradient of the step (one host sync): inf and NaN
+        propagate through it, and, unlike the 2-norm, it cannot overflow for finite entries (a norm
+        overflowed from entries of ~1e17 on, flagging finite gradients)."""
         grads = [p.grad for params in groups for p in params]
         if not grads:
             return True
-        norms = torch._foreach_norm(grads)
-        return bool(torch.stack([n.float() for n in norms]).isfinite().all())
+        maxima = torch._foreach_norm(grads, float("inf"))
+        return bool(torch.stack([n.float() for n in maxima]).isfinite().all())
 
     def _nonfinite(self, policy: str) -> None:
         if policy == "raise":
@@ -235,6 +290,11 @@ class SWAN(_StatelessMatrixOptimizer):
             b = 0.5 converges to exactly U V^T but needs many more steps for small singular values).
         whitening: "newton-schulz" (coupled iteration) or "diag" (NSDS diagonal substitution, the paper's
             fast variant; use steps=2, beta=0.4 with it, as `swan-fast` does).
+        whiten_precision: "fp32" (default, the paper's choice), "tf32" (fp32 tensors with TF32 matmuls for
+            the whitening only, then the global setting is restored; CUDA only: elsewhere it runs in fp32,
+            see `functional.effective_whiten_precision`) or "bf16" (the Gram, Newton-Schulz and final
+            products in bfloat16, fp32 norms and output). Error against the float64 iteration:
+            `functional.grad_whiten`'s docstring.
         eps: floor on row std in GradNorm and on the Frobenius norm in the rescale (default 1e-8).
         weight_decay: decoupled weight decay (default 0, as in the protocol).
         nonfinite: "raise" (default) or "skip" for steps with inf/NaN gradients.
@@ -246,19 +306,27 @@ class SWAN(_StatelessMatrixOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 0.02, alpha: float = 0.05, steps: int = 10,
                  beta: float = 0.8, whitening: str = "newton-schulz", eps: float = F.GRAD_NORM_EPS,
-                 weight_decay: float = 0.0, nonfinite: str = "raise", batch_budget: int | None = None) -> None:
+                 weight_decay: float = 0.0, nonfinite: str = "raise", batch_budget: int | None = None,
+                 whiten_precision: str = "fp32") -> None:
         defaults = dict(lr=lr, alpha=alpha, steps=steps, beta=beta, whitening=whitening, eps=eps,
-                        weight_decay=weight_decay, nonfinite=nonfinite, batch_budget=batch_budget)
+                        weight_decay=weight_decay, nonfinite=nonfinite, batch_budget=batch_budget,
+                        whiten_precision=whiten_precision)
         super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # groups pickled before whiten_precision existed
+            group.setdefault("whiten_precision", "fp32")
 
     def _validate(self, group: dict[str, Any]) -> None:
         super()._validate(group)
-        F._validate_whiten_args(group["steps"], group["beta"], group["whitening"])
+        group.setdefault("whiten_precision", "fp32")
+        _validate_whiten_args(group["steps"], group["beta"], group["whitening"], group["whiten_precision"])
         if group["batch_budget"] is not None:
             _check_positive_int("batch_budget", group["batch_budget"])
 
     def _workspace(self, shape: tuple[int, ...], group: dict[str, Any]) -> int:
-        return swan_workspace_numel(shape, group["steps"], group["whitening"])
+        return swan_workspace_numel(shape, group["steps"], group["whitening"], group["whiten_precision"])
 
     def _budget(self, group: dict[str, Any]) -> int:
         if group["batch_budget"] is not None:
@@ -271,26 +339,30 @@ class SWAN(_StatelessMatrixOptimizer):
             per_matrix = self._workspace(tuple(bucket[0].shape), group)
             for chunk in _chunks(bucket, max(1, budget // per_matrix)):
                 with self._timer():
-                    update = self._preprocess(chunk, group)
-                self._apply(chunk, update, group)
-                del update
+                    update, scratch = self._preprocess(chunk, group)
+                self._apply(chunk, update, group, scratch)
+                del update, scratch
 
     @staticmethod
-    def _preprocess(params: list[Tensor], group: dict[str, Any]) -> Tensor:
-        """fp32 [B, m, n]: GradNorm (written straight into the batch) -> whitening -> RMS-1 rescale."""
+    def _preprocess(params: list[Tensor], group: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+        """(update, scratch): the fp32 update [B, m, n] from GradNorm (written straight into the batch X) ->
+        whitening -> RMS-1 rescale, and X, now free, as the scratch for the update (None where the update
+        was written into X itself)."""
         m, n = params[0].shape
         x = torch.empty((len(params), m, n), dtype=torch.float32, device=params[0].device)
         for i, p in enumerate(params):
-            F._grad_norm_into(p.grad, x[i], group["eps"])
-        update = F._whiten_batch(x, group["steps"], group["beta"], group["whitening"])
-        del x
-        return F.frobenius_rescale_(update, math.sqrt(m * n), group["eps"], check_finite=True)
+            _grad_norm_into(p.grad, x[i], group["eps"])
+        update = _whiten_batch(x, group["steps"], group["beta"], group["whitening"], group["whiten_precision"],
+                                 centered=True, owned=True)
+        F.frobenius_rescale_(update, math.sqrt(m * n), group["eps"], check_finite=True)
+        return update, (None if update is x else x)
 
-    def _apply(self, params: list[Tensor], update: Tensor, group: dict[str, Any]) -> None:
+    def _apply(self, params: list[Tensor], update: Tensor, group: dict[str, Any],
+               scratch: Tensor | None = None) -> None:
         self._decay_(params, group)
         step = -group["lr"] * group["alpha"]
-        for p, u in zip(params, update.unbind(0)):
-            p.add_(u, alpha=step)
+        for i, (p, u) in enumerate(zip(params, update.unbind(0))):
+            _add_update_(p, u, step, None if scratch is None else scratch[i])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,24 +378,26 @@ class SinkGD(_StatelessMatrixOptimizer):
 
         W <- W (1 - lr wd) - lr * alpha * diag(r) G diag(c)
 
-    The scales are computed with one pass over G per iteration (see `functional.sinkhorn_scales`) and the
-    scaled matrix is never materialised: it is fused, block by block, into the parameter update. Large
-    matrices are stepped one at a time (the kernel is memory-bound; a stacked batch would cost a copy);
-    small same-shape ones (<= SINKGD_STACK_NUMEL elements) are stacked into one batched call, where per-op
-    overhead would otherwise dominate.
+    On CPU the scales are computed with one pass over G per iteration (see `functional.sinkhorn_scales`)
+    and the scaled matrix is never materialised: it is fused into the parameter update (one C sweep, or
+    block by block). On CUDA ("vectors") the iterate is one fp32 m x n copy of G, scaled in place, and the
+    update is a single kernel per matrix (no row blocks: those were ~10k tiny launches per 1b step). Large
+    matrices are stepped one at a time; small same-shape ones (<= SINKGD_STACK_NUMEL elements) are stacked
+    into one batched call where per-op overhead would otherwise dominate (not with the native kernels).
 
     Args:
         params: 2-D parameters or groups.
         lr: learning rate (default 0.02, the paper's global lr).
         alpha: matrix-group scale (default 0.05: the paper's matrix lr is 0.05 x global lr).
         iterations: Sinkhorn iterations L (default 5, the paper's; L = 1 is cheaper with a small loss).
-        eps: floor on row/column norms (default 1e-8); a zero row or column stays zero.
+        eps: floor on the iterate's row/column norms (default 1e-8); a zero row or column stays zero.
         weight_decay: decoupled weight decay (default 0, as in the protocol).
         nonfinite: "raise" (default) or "skip" for steps with inf/NaN gradients.
         method: "native" (the C kernels of `optimizers.native`, CPU; the update fused into the same
             row sweep), "blocked" (pure torch, one L2-sized row block at a time; CPU) or "vectors"
-            (S = G*G materialised, two mat-vecs per iteration; fewer, larger kernels for GPUs); default
-            "auto" picks native on CPU when it is built, else blocked, and vectors elsewhere.
+            (the iterate materialised and scaled in place, one fused update per matrix: the CUDA path,
+            runnable on CPU to test it); default "auto" picks native on CPU when it is built, else
+            blocked, and vectors elsewhere.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 0.02, alpha: float = 0.05, iterations: int = 5,
@@ -352,6 +426,12 @@ class SinkGD(_StatelessMatrixOptimizer):
                     self._step_stacked(chunk, group, step)
                 continue
             for p in bucket:
+                if method == "vectors":  # the scaled gradient itself, then one fused update
+                    with self._timer():
+                        update = F.sr_sinkhorn(p.grad, group["iterations"], group["eps"], "vectors")
+                    _add_update_(p, update, step)
+                    del update
+                    continue
                 with self._timer():
                     r, c = F.sinkhorn_scales(p.grad, group["iterations"], group["eps"], method)
                 self._apply_scaled_(p, r, c, step, method)
@@ -360,27 +440,39 @@ class SinkGD(_StatelessMatrixOptimizer):
     def _step_stacked(self, params: list[Tensor], group: dict[str, Any], step: float) -> None:
         """Small same-shape matrices in one batch: a handful of ops for the chunk instead of ~20 per matrix.
 
-        The stack is an fp32 copy (B m n), S = G*G another inside the "vectors" kernel; the scaled matrix is
-        formed in place in the copy. Per-op overhead, not bandwidth, dominates small matrices on CPU (and
-        kernel launches on GPU), so the copy pays for itself.
+        The stack is one fp32 copy (B m n; on CPU plus a scratch of its squares), iterated in place into the
+        scaled matrices and added to the parameters. Per-op overhead, not bandwidth, dominates small matrices on CPU (and kernel launches on
+        GPU), so the copy pays for itself.
         """
+        m, n = params[0].shape
         with self._timer():
-            g = torch.stack([p.grad for p in params]).float()
-            r, c = F.sinkhorn_scales(g, group["iterations"], group["eps"], "vectors")
-        update = g.mul_(c.unsqueeze(-2)).mul_(r.unsqueeze(-1))
-        for p, u in zip(params, update.unbind(0)):
-            p.add_(u, alpha=step)
+            x = torch.empty((len(params), m, n), dtype=torch.float32, device=params[0].device)
+            for i, p in enumerate(params):
+                x[i].copy_(p.grad)
+            _sinkhorn_inplace_(x, group["iterations"], group["eps"], scales=False)
+        for p, u in zip(params, x.unbind(0)):
+            _add_update_(p, u, step)
 
     @staticmethod
     def _apply_scaled_(p: Tensor, r: Tensor, c: Tensor, step: float, method: str) -> None:
-        """p += step * diag(r) G diag(c) with no m x n temporary: one fused C sweep for the native method
-        (p and G of one dtype), else one L2-sized block of rows at a time."""
+        """p += step * (G r) c with no m x n temporary on CPU: one fused C sweep for the native method (p and
+        G of one dtype), else one L2-sized block of rows at a time. Elsewhere (CUDA) one block: the whole
+        matrix in two kernels."""
         g = p.grad
         if method == "native" and p.dtype == g.dtype and native.supports(p) and native.supports(g):
             native.update(p.detach(), g, r, c, step)
             return
-        rows = min(p.shape[0], F.sinkhorn_block_rows(p.shape[1]))
-        scratch = torch.empty((rows, p.shape[1]), dtype=r.dtype, device=p.device)
-        for start in range(0, p.shape[0], rows):
-            blk = torch.mul(g[start:start + rows], c, out=scratch[: min(rows, p.shape[0] - start)])
-            p[start:start + rows].addcmul_(blk, r[start:start + rows].unsqueeze(-1), value=step)
+        m, n = p.shape
+        cpu = p.device.type == "cpu"
+        rows = min(m, F.sinkhorn_block_rows(n)) if cpu else m
+        scratch = torch.empty((rows, n), dtype=r.dtype, device=p.device)
+        spare = torch.empty_like(scratch) if cpu and p.dtype != scratch.dtype else None
+        for start in range(0, m, rows):
+            blk = scratch[: min(rows, m - start)]
+            rb = r[start:start + rows].unsqueeze(-1)
+            if g.dtype == blk.dtype:
+                torch.mul(g[start:start + rows], rb, out=blk)
+            else:  # copy_ converts without the temporary a mixed-dtype mul would allocate on CPU
+                blk.copy_(g[start:start + rows]).mul_(rb)
+            blk.mul_(c)
+            _add_update_(p[start:start + rows], blk, step, None if spare is None else spare[: blk.shape[0]])

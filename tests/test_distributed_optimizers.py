@@ -19,8 +19,9 @@ WORLD = 2
 # Shapes cover: square (singular Gram after GradNorm), tall, wide, a repeated shape (batched chunk) and an
 # odd row count (uneven FSDP row blocks: 5 rows -> 3 + 2).
 SHAPES = [(6, 6), (6, 6), (9, 4), (5, 7), (4, 10)]
-HPARAMS = {"swan": dict(lr=0.1, steps=6), "sinkgd": dict(lr=0.1, iterations=3)}
-SINGLE = {"swan": SWAN, "sinkgd": SinkGD}
+HPARAMS = {"swan": dict(lr=0.1, steps=6), "sinkgd": dict(lr=0.1, iterations=3),
+           "swan-bf16": dict(lr=0.1, steps=6, beta=0.5, whiten_precision="bf16")}
+SINGLE = {"swan": SWAN, "sinkgd": SinkGD, "swan-bf16": SWAN}
 
 
 def _model() -> torch.nn.Sequential:
@@ -61,9 +62,9 @@ def _worker(rank: int, mode: str, name: str, steps: int, port: int, out: str) ->
             for layer in model:
                 fully_shard(layer)
             fully_shard(model)
-            cls = {"swan": FSDPSWAN, "sinkgd": FSDPSinkGD}[name]
+            cls = {"swan": FSDPSWAN, "sinkgd": FSDPSinkGD, "swan-bf16": FSDPSWAN}[name]
         else:
-            cls = {"swan": DDPSWAN, "sinkgd": DDPSinkGD}[name]
+            cls = {"swan": DDPSWAN, "sinkgd": DDPSinkGD, "swan-bf16": DDPSWAN}[name]
         opt = cls(model.parameters(), **HPARAMS[name])
         comm_calls = []
         opt.comm_timer = lambda: _Count(comm_calls)
@@ -95,7 +96,7 @@ class _Count:
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-@pytest.mark.parametrize("name", ["swan", "sinkgd"])
+@pytest.mark.parametrize("name", ["swan", "sinkgd", "swan-bf16"])  # swan-bf16: whiten_precision reaches the owner
 def test_two_ranks_equal_single_process(tmp_path: Path, mode: str, name: str) -> None:
     steps = 2
     out = tmp_path / "params.pt"

@@ -26,8 +26,9 @@ OUR_ROUNDING = {("350m", "adamw"): 2.06}
 
 
 def _fake_info(state_per_numel: int = 2, workspace=lambda s: 0, hybrid: bool = False, scalar: int = 0):
-    return SimpleNamespace(hybrid=hybrid, state_dtype="param", scalar_state_bytes=scalar,
-                           state_numel=lambda s: state_per_numel * math.prod(s), workspace_numel=workspace,
+    return SimpleNamespace(hybrid=hybrid, state_dtype="param", scalar_state_bytes=scalar, hparams={},
+                           state_numel=lambda s: state_per_numel * math.prod(s),
+                           workspace_numel=lambda s, **options: workspace(s),
                            rest_optimizer="adamw" if hybrid else None)
 
 
@@ -263,3 +264,19 @@ def test_readme_example_1b_batch_64_fits_an_80gib_card() -> None:
     assert round(swan.peak_bytes / gib, 1) == round(sinkgd.peak_bytes / gib, 1) == 43.1
     assert round(adamw.activation_bytes / gib, 1) == 36.3
     assert max(adamw.peak_bytes, swan.peak_bytes) < 80 * gib
+
+
+def test_workspace_follows_the_device_and_the_configuration():
+    """The estimator asks each optimizer's declaration for the device and hyperparameters of the run:
+    SinkGD's CUDA path holds one fp32 m x n iterate (its CPU kernels only scale vectors), and SWAN's
+    whitening workspace grows with the number of Newton-Schulz steps it keeps buffers for."""
+    import optimizers
+
+    m, n = 5461, 2048  # 1b's largest hidden matrix (gate/up projection)
+    cpu = est.estimate("1b", "sinkgd", "bfloat16", 1, 256, device="cpu")
+    gpu = est.estimate("1b", "sinkgd", "bfloat16", 1, 256, device="cuda")
+    assert gpu.groups[0].workspace_bytes == 4 * optimizers.info("sinkgd").workspace_numel((m, n), device="cuda")
+    assert gpu.groups[0].workspace_bytes >= 4 * m * n > cpu.groups[0].workspace_bytes
+    # a hyperparameter the declaration does not know (the schedule's lr) is ignored, not an error
+    same = est.estimate("1b", "swan", "bfloat16", 1, 256, hparams={"lr": 0.1})
+    assert same.groups[0].workspace_bytes == est.estimate("1b", "swan", "bfloat16", 1, 256).groups[0].workspace_bytes

@@ -125,7 +125,13 @@ def test_sinkgd_auto_uses_native_and_no_stack_or_block_buffers():
     w = torch.nn.Parameter(torch.randn(24, 72))
     assert F.resolve_sinkhorn_method(w, "auto") == "native"
     assert sinkgd_workspace_numel((24, 72)) == 24 + 72 + torch.get_num_threads() * 72
-    assert sinkgd_workspace_numel((24, 72), "blocked") == 24 * 72 + 24 + 2 * 72
+    # blocked: one 24-row block of scratch, r and the row factors (m each), c and the accumulator (n each)
+    assert sinkgd_workspace_numel((24, 72), "blocked") == 24 * 72 + 2 * 24 + 2 * 72
+    # vectors (CUDA's path): the m x n iterate and its factors, the same for bf16 parameters on CUDA; on CPU
+    # also an m x n scratch of squares for the column sums
+    assert sinkgd_workspace_numel((24, 72), "auto", device="cuda", dtype=torch.bfloat16) == 24 * 72 + 24 + 72
+    assert sinkgd_workspace_numel((24, 72), "vectors") == 2 * 24 * 72 + 24 + 72
+    assert sinkgd_workspace_numel((24, 72), "vectors", dtype=torch.bfloat16) == 2 * 24 * 72 + 24 + 72
 
 
 @needs_native
@@ -314,3 +320,25 @@ def test_env_records_which_kernels_ran(monkeypatch):
     monkeypatch.setattr(native, "_state", {"lib": None, "reason": "no C compiler found", "path": None})
     assert env.collect("cpu")["native_kernels"] == "unavailable: no C compiler found"
     assert env.collect("cuda:0")["native_kernels"] == "not used on cuda:0 (CPU kernels)"
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("scale", [1e-10, 1e-40, 3e37])
+def test_native_floors_the_iterate_and_stays_in_range(scale, threads, monkeypatch):
+    """The C iteration floors the current iterate's norms (rows spread 100x at 1e-10 are normalised a step
+    after the floor, as in the float64 reference) and falls back to double for rows whose fp32 sums leave
+    [2^-100, 2^100] (the raw rows of a 3e37 gradient, tiny and zero rows), whatever the team size; the
+    fused update uses the same (g r) c."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    gen = torch.Generator().manual_seed(17)
+    g64 = torch.randn(37, 129, generator=gen, dtype=torch.float64) * torch.logspace(0, -2, 37, dtype=torch.float64)[:, None]
+    g64[5] = 0
+    for dtype in (torch.float32, torch.bfloat16):
+        g = (g64 * scale).to(dtype)
+        for iters in (1, 2, 5):
+            assert _rel(F.sr_sinkhorn(g, iters, method="native"), R.sr_sinkhorn_reference(g.double(), iters)) < 1e-5
+        w = torch.nn.Parameter(torch.zeros(37, 129))
+        w.grad = g.float()
+        SinkGD([w], lr=1.0, alpha=1.0, method="native").step()
+        assert _rel(w.detach(), -R.sr_sinkhorn_reference(g.double(), 5)) < 1e-5

@@ -157,15 +157,20 @@ def shard_spec(spec: ParamSpec, shards: int) -> ParamSpec:
 
 
 def _group_estimate(name: str, optimizer: str, info, specs: list[ParamSpec], param_dtype: str,
-                    shards: int = 1) -> GroupEstimate:
-    """One group's bytes on one rank; `shards` > 1: FSDP's row-blocks (the workspace stays full-shape)."""
+                    shards: int = 1, device: str = "cpu", hparams: dict[str, Any] | None = None) -> GroupEstimate:
+    """One group's bytes on one rank; `shards` > 1: FSDP's row-blocks (the workspace stays full-shape).
+
+    The workspace is the optimizer's own declaration for this device, parameter dtype and configuration
+    (SinkGD's CUDA path materialises an m x n iterate its CPU kernels avoid; SWAN's depends on `steps`).
+    """
     elem = dtype_bytes(param_dtype)
     local = [shard_spec(s, shards) for s in specs]
     state_elem = state_element_bytes(getattr(info, "state_dtype", None), param_dtype)
     state_numel = sum(int(info.state_numel(s.shape)) for s in local)
     # 0-dim per-parameter counters (torch's Adam keeps `step` as a float32 tensor per parameter)
     scalars = int(getattr(info, "scalar_state_bytes", 0) or 0) * len(specs)
-    workspace = max((int(info.workspace_numel(s.shape)) for s in specs), default=0)
+    options = {"device": device, "dtype": param_dtype, **(hparams or {})}
+    workspace = max((int(info.workspace_numel(s.shape, **options)) for s in specs), default=0)
     return GroupEstimate(name=name, optimizer=optimizer, params=sum(s.numel for s in specs),
                          param_bytes=sum(s.numel for s in local) * elem,
                          state_bytes=state_numel * state_elem + scalars,
@@ -173,21 +178,30 @@ def _group_estimate(name: str, optimizer: str, info, specs: list[ParamSpec], par
 
 
 def optimizer_groups(preset: ModelPreset, optimizer: str, param_dtype: str,
-                     info_of: Callable[[str], Any] = optimizer_info, shards: int = 1) -> list[GroupEstimate]:
+                     info_of: Callable[[str], Any] = optimizer_info, shards: int = 1, device: str = "cpu",
+                     hparams: dict[str, Any] | None = None) -> list[GroupEstimate]:
     """The parameter groups `optimizers.build(optimizer, model)` makes, with their state and workspace.
 
     A hybrid: hidden matrices to `optimizer`'s matrix rule, everything else to AdamW. Otherwise one
     group holding every parameter. `shards` > 1: per-rank bytes under FSDP2 (row-sharded tensors).
+    hparams: the optimizer's configuration where it changes the workspace (the rest group uses AdamW's).
     """
     info = info_of(optimizer)
     specs = parameter_specs(preset)
+    declared = _declared_hparams(info, hparams)
     if not getattr(info, "hybrid", False):
-        return [_group_estimate("all", optimizer, info, specs, param_dtype, shards)]
+        return [_group_estimate("all", optimizer, info, specs, param_dtype, shards, device, declared)]
     hidden = [s for s in specs if s.role == "hidden"]
     rest = [s for s in specs if s.role != "hidden"]
     rest_name = getattr(info, "rest_optimizer", None) or HYBRID_REST_OPTIMIZER
-    return [_group_estimate("matrix", optimizer, info, hidden, param_dtype, shards),
-            _group_estimate("rest", rest_name, info_of(rest_name), rest, param_dtype, shards)]
+    return [_group_estimate("matrix", optimizer, info, hidden, param_dtype, shards, device, declared),
+            _group_estimate("rest", rest_name, info_of(rest_name), rest, param_dtype, shards, device)]
+
+
+def _declared_hparams(info: Any, hparams: dict[str, Any] | None) -> dict[str, Any]:
+    """The hyperparameters the optimizer declares (its workspace may depend on them); others are dropped."""
+    known = getattr(info, "hparams", None) or {}
+    return {k: v for k, v in (hparams or {}).items() if k in known}
 
 
 def whole_matrix_extra_bytes(preset: ModelPreset, parallelism: str | None, world_size: int) -> int:
@@ -418,7 +432,8 @@ def check_parallelism(world_size: int, parallelism: str | None) -> str | None:
 def estimate(model: str, optimizer: str, dtype: Any = "float32", batch_size: int = 1, seq_len: int = 256, *,
              grad_accum: int = 1, attn_implementation: str = "sdpa",
              info_of: Callable[[str], Any] = optimizer_info, world_size: int = 1,
-             parallelism: str | None = None) -> MemoryEstimate:
+             parallelism: str | None = None, device: str = "cpu",
+             hparams: dict[str, Any] | None = None) -> MemoryEstimate:
     """The memory one training step of `model` with `optimizer` needs (bytes; see the module doc).
 
     Args:
@@ -431,6 +446,8 @@ def estimate(model: str, optimizer: str, dtype: Any = "float32", batch_size: int
         info_of: where optimizer declarations come from (tests pass a table).
         world_size, parallelism: ranks and "ddp" | "fsdp" (required when world_size > 1); every number
             is then per rank (module doc), batch_size the per-rank micro-batch.
+        device: where the step runs ("cpu", "cuda", ...): some optimizers' workspace depends on it.
+        hparams: the optimizer's configuration (e.g. SWAN's `steps`, `whiten_precision`); defaults otherwise.
     """
     _check_positive(batch_size=batch_size, seq_len=seq_len, grad_accum=grad_accum)
     parallelism = check_parallelism(world_size, parallelism)
@@ -440,7 +457,7 @@ def estimate(model: str, optimizer: str, dtype: Any = "float32", batch_size: int
         raise EstimateError(str(exc)) from None
     dt = canonical_dtype(dtype)
     shards = world_size if parallelism == "fsdp" else 1
-    groups = list(optimizer_groups(preset, optimizer, dt, info_of, shards))
+    groups = list(optimizer_groups(preset, optimizer, dt, info_of, shards, device, hparams))
     # A matrix optimizer that whitens needs each hidden matrix whole on one rank (its registry entry says so).
     if getattr(info_of(optimizer), "whole_matrix", False) and groups and groups[0].name == "matrix":
         extra = whole_matrix_extra_bytes(preset, parallelism, world_size)
@@ -460,16 +477,16 @@ def estimate(model: str, optimizer: str, dtype: Any = "float32", batch_size: int
 def estimate_run(model: str, optimizer: str, dtype: Any, batch_size: int, seq_len: int,
                  device: str = "cpu", *, grad_accum: int = 1,
                  attn_implementation: str = "sdpa", world_size: int = 1,
-                 parallelism: str | None = None) -> dict[str, Any]:
+                 parallelism: str | None = None, hparams: dict[str, Any] | None = None) -> dict[str, Any]:
     """The estimate columns for one measured run: `estimate_bytes` (the modelled peak) and components.
 
     Beside them the harness records `unexplained_bytes(row, estimate_bytes)`: measured - estimate, from
-    the device's comparable column. `device` only selects that column (`estimate_compare_column`).
-    The optimizer's declared defaults are used: hyperparameters that change the workspace (SWAN's
-    `steps`) are not seen, and the workspace is at most a few percent of the peak.
+    the device's comparable column (`estimate_compare_column`); the device and the run's hyperparameters
+    also pick the optimizer's declared workspace.
     """
     est = estimate(model, optimizer, dtype, batch_size, seq_len, grad_accum=grad_accum,
-                   attn_implementation=attn_implementation, world_size=world_size, parallelism=parallelism)
+                   attn_implementation=attn_implementation, world_size=world_size, parallelism=parallelism,
+                   device=device, hparams=hparams)
     out: dict[str, Any] = dict(est.components())
     out["estimate_peak_phase"] = est.peak_phase
     out["estimate_compare_column"] = comparable_column(device)
