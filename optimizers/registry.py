@@ -24,10 +24,12 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from optimizers import costs
+from optimizers.declare import ParamContext, takes_context
 from optimizers.hybrid import LLAMA_RULES, HybridOptimizer, partition
 from optimizers.stateless import SWAN, SinkGD, sinkgd_workspace_numel, swan_workspace_numel
 
-__all__ = ["OptimizerInfo", "StepPart", "build", "available", "info", "registered", "display_order"]
+__all__ = ["OptimizerInfo", "StepPart", "ParamContext", "build", "available", "info", "registered", "display_order",
+           "missing"]
 
 log = logging.getLogger("optimizers")
 Shape = Sequence[int]
@@ -77,6 +79,12 @@ class OptimizerInfo:
         whole_matrix: the matrix optimizer needs each hidden matrix whole on one rank (whitening), whatever
             the sharding: the estimator adds the gather under FSDP.
         color, order: how figures and tables show it (a matplotlib colour; position in legends and tables).
+        declared: False when the optimizer declares no state and workspace (an import path, an entry point
+            without declarations): the estimator then says "not declared"; a run still measures it exactly.
+        source: "built-in", "peer" (a maintained package's optimizer), "entry point (<dist>)" or "import path".
+
+    Declarations (`state`, `workspace`, optional `scalars` bytes) are `f(shape)` or `f(shape, context)`:
+    `optimizers.declare` (GaLore's state depends on its rank, Adam-mini's on the parameter's name).
     """
 
     name: str
@@ -94,6 +102,9 @@ class OptimizerInfo:
     color: str | None = None
     order: int = 1000
     _parts: Callable[[Mapping[str, Any]], tuple[StepPart, ...]] = field(default=lambda hp: (), repr=False)
+    declared: bool = True
+    source: str = "built-in"
+    _scalars: Callable | None = field(default=None, repr=False)
 
     def step_parts(self, **hparams: Any) -> tuple[StepPart, ...]:
         """The preprocessing operators one step applies to each hidden matrix, for these hyperparameters
@@ -104,18 +115,34 @@ class OptimizerInfo:
         """Nominal preprocessing flops of one step on one rows x cols hidden matrix (0 when it has none)."""
         return sum(part.flops(rows, cols) for part in self.step_parts(**hparams))
 
-    def state_numel(self, shape: Shape) -> int:
-        """Persistent optimizer-state elements for one parameter of `shape` (scalars excluded)."""
-        return int(self._state(tuple(shape)))
+    def _context(self, context: ParamContext | None) -> ParamContext:
+        ctx = context or ParamContext()
+        return ParamContext(ctx.name, ctx.dtype, ctx.heads, ctx.hidden, {**self.hparams, **ctx.hparams})
 
-    def workspace_numel(self, shape: Shape) -> int:
+    def _declared(self, fn: Callable, shape: Shape, context: ParamContext | None) -> int:
+        if not self.declared:
+            raise ValueError(f"optimizer {self.name!r} declares no state or workspace (not declared)")
+        return int(fn(tuple(shape), self._context(context)) if takes_context(fn) else fn(tuple(shape)))
+
+    def state_numel(self, shape: Shape, context: ParamContext | None = None) -> int:
+        """Persistent optimizer-state elements for one parameter of `shape` (scalars excluded)."""
+        return self._declared(self._state, shape, context)
+
+    def workspace_numel(self, shape: Shape, context: ParamContext | None = None) -> int:
         """Peak transient fp32 elements allocated inside `step()` for one parameter of `shape`."""
-        return int(self._workspace(tuple(shape)))
+        return self._declared(self._workspace, shape, context)
+
+    def scalar_bytes(self, shape: Shape, context: ParamContext | None = None) -> int:
+        """Bytes of 0-dim state tensors for one parameter (Adam's `step`; APOLLO's last update norm)."""
+        if self._scalars is None:
+            return self.scalar_state_bytes
+        return self._declared(self._scalars, shape, context)
 
     def state_bytes(self, shape: Shape, param_dtype: torch.dtype) -> int:
         """state_numel * element size of the state dtype, plus the scalar counters."""
         dtype = param_dtype if self.state_dtype == "param" else getattr(torch, self.state_dtype)
-        return self.state_numel(shape) * dtype.itemsize + self.scalar_state_bytes
+        ctx = ParamContext(dtype=str(param_dtype).removeprefix("torch."))
+        return self.state_numel(shape, ctx) * dtype.itemsize + self.scalar_bytes(shape, ctx)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,6 +290,8 @@ class _Entry:
     info: OptimizerInfo
     build: Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.optim.Optimizer, str]]
     validate: Callable[[dict[str, Any]], None]
+    open_hparams: bool = False  # any keyword passes through (an external optimizer without declared defaults)
+    extra_keys: tuple[str, ...] = ()  # accepted beyond info.hparams (an external optimizer's hybrid settings)
 
 
 _HYBRID_DEFAULTS = dict(lr=0.02, weight_decay=0.0, rules=None, adamw_lr=None, adamw_betas=(0.9, 0.999),
@@ -456,16 +485,48 @@ _register(_info("sinkgd", "SinkGD: SR-Sinkhorn (L=5) normalised gradient, statel
 
 
 # --------------------------------------------------------------------------------------------------
+# entries from elsewhere: the peers (optimizers.peers registers them) and optimizers from outside the package
+# (optimizers.external installs these hooks: import paths and the entry points of `swanbench.optimizers`)
+# --------------------------------------------------------------------------------------------------
+
+_RESOLVERS: list[Callable[[str], "_Entry"]] = []    # name with a colon -> entry (an import path)
+_DISCOVERERS: list[Callable[[], dict[str, str]]] = []  # register entries, return {name: why it failed}
+_BROKEN: dict[str, str] = {}
+_discovered = False  # optimizers.external.refresh_entry_points() resets it
+
+
+def _discover() -> None:
+    """Run the discoverers once per process (entry points are read on first use, not at import)."""
+    global _discovered
+    if not _discovered:
+        _discovered = True
+        for discover in _DISCOVERERS:
+            _BROKEN.update(discover())
+
+
+# --------------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------------
 
 def registered() -> list[str]:
     """Every registry name, including entries whose package is not installed here."""
+    _discover()
     return sorted(_ENTRIES)
+
+
+def missing() -> dict[str, str]:
+    """Registry names that cannot be built here, with why: a package to install, or a broken entry point."""
+    _discover()
+    out = {name: f"needs {e.info.requires} (pip install {e.info.requires}"
+                 + (', or the extra swanbench[peers])' if e.info.source == 'peer' else ')')
+           for name, e in _ENTRIES.items() if not _installed(e)}
+    return dict(sorted({**out, **_BROKEN}.items()))
 
 
 def display_order(names: Sequence[str]) -> list[str]:
     """Names in the registry's display order (`OptimizerInfo.order`); unregistered names follow, sorted."""
+    _discover()
+
     def key(name: str) -> tuple[int, str]:
         entry = _ENTRIES.get(str(name).strip().lower())
         return (entry.info.order if entry else 10**9, str(name))
@@ -480,12 +541,16 @@ def _installed(entry: _Entry) -> bool:
 
 def available() -> list[str]:
     """Registry names that can be built in this environment (sorted)."""
+    _discover()
     return sorted(name for name, entry in _ENTRIES.items() if _installed(entry))
 
 
 def _entry(name: str) -> _Entry:
     if not isinstance(name, str):
         raise ValueError(f"optimizer name must be a string, got {name!r}")
+    if ":" in name and _RESOLVERS:  # "package.module:Name" (optimizers.external): imported, never evaluated
+        return _RESOLVERS[0](name)
+    _discover()
     entry = _ENTRIES.get(name.strip().lower())
     if entry is None:
         close = difflib.get_close_matches(name.strip().lower(), list(_ENTRIES), n=1)
@@ -504,7 +569,7 @@ def resolve_hparams(name: str, **hparams: Any) -> dict[str, Any]:
     entry = _entry(name)
     known = entry.info.hparams
     for key in hparams:
-        if key not in known:
+        if key not in known and not entry.open_hparams and key not in entry.extra_keys:
             close = difflib.get_close_matches(key, list(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"unknown hyperparameter {key!r} for optimizer {entry.info.name!r}{hint} "
@@ -525,8 +590,7 @@ def build(name: str, model: torch.nn.Module, **hparams: Any) -> torch.optim.Opti
     """
     entry = _entry(name)
     if not _installed(entry):
-        raise ValueError(f"optimizer {entry.info.name!r} needs the package {entry.info.requires} "
-                         f"(pip install {entry.info.requires})")
+        raise ValueError(f"optimizer {entry.info.name!r} {missing()[entry.info.name]}")
     hp = resolve_hparams(name, **hparams)
     opt, implementation = entry.build(model, hp)
     if not hasattr(opt, "preprocess_timer"):
