@@ -10,7 +10,7 @@ import torch
 
 import optimizers
 from optimizers import SWAN, NonFiniteGradientError, SinkGD
-from optimizers.testing import ToyLM, batch, hidden_names, loss_fn
+from optimizers.testing import ToyLM, batch, hidden_names, loss_fn, step_allocation_peak
 
 NAMES = optimizers.available()
 HYBRIDS = ["swan", "swan-fast", "sinkgd", "muon", "galore", "apollo", "apollo-mini"]
@@ -360,27 +360,6 @@ def test_diverging_whitening_raises_instead_of_writing_nan(monkeypatch):
 # the declared workspace is what step() allocates
 # ----------------------------------------------------------------------------------------------------
 
-def _step_allocation_peak(opt) -> int:
-    """Peak of (bytes allocated - bytes freed) during one step, from the profiler's CPU allocation events."""
-    from torch._C._profiler import _EventType
-
-    def walk(nodes):
-        for node in nodes:
-            yield node
-            yield from walk(node.children)
-
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        opt.step()
-    events = sorted((e.start_time_ns, int(e.typed[1].alloc_size))
-                    for e in walk(prof.profiler.kineto_results.experimental_event_tree())
-                    if e.typed[0] == _EventType.Allocation)
-    running = peak = 0
-    for _, delta in events:
-        running += delta
-        peak = max(peak, running)
-    return peak
-
-
 @pytest.mark.parametrize("shape,name,kw", [
     ((40, 40), "swan", {}), ((24, 72), "swan", {}), ((72, 24), "swan", {}), ((40, 40), "swan", {"steps": 2}),
     ((24, 72), "swan", {"steps": 1}), ((72, 24), "swan-fast", {}), ((24, 72), "sinkgd", {}),
@@ -399,6 +378,6 @@ def test_declared_workspace_equals_measured_transient(shape, name, kw):
                                                          "whitening": "diag" if name == "swan-fast" else "newton-schulz"}
     opt = (SinkGD if name == "sinkgd" else SWAN)([w], **cls_kw)
     opt.step()  # warm-up
-    measured = _step_allocation_peak(opt)
+    measured = step_allocation_peak(opt)
     # the declaration counts fp32 buffers; the measurement adds a few 0-dim scalars (norms, the finite check)
     assert 4 * declared <= measured <= 4 * declared + 64, (measured, 4 * declared)
