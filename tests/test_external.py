@@ -274,3 +274,12 @@ def test_entry_points_are_forgotten_with_their_package(plugin):
     _uninstall(plugin)
     assert "plugin-declared" not in optimizers.registered()
     assert "plugin-broken" not in optimizers.missing()
+
+
+def test_an_import_path_builds_for_data_parallel_ranks_as_for_one():
+    """build_distributed goes through the registry: an import path is built the same way (torch's optimizers
+    run unchanged under DDP and FSDP2; only SWAN/SinkGD children are swapped for their distributed twins)."""
+    from optimizers.distributed import build_distributed
+
+    opt = build_distributed("torch.optim:NAdam", ToyLM(), "ddp", lr=1e-3)
+    assert type(opt) is torch.optim.NAdam and opt.registry_name == "torch.optim:NAdam"
