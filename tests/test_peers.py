@@ -230,3 +230,24 @@ def test_the_peers_load_without_bitsandbytes_and_leave_their_package_untouched()
         with pytest.raises(ImportError, match="bitsandbytes"):
             __import__("galore_torch")
     assert load_attribute("galore_torch.adamw", "AdamW") is cls  # imported once
+
+
+def test_the_committed_cpu_comparison_has_every_peer_with_its_declared_state_measured():
+    """results/cpu-xeon-2c/peers-memory (suites/peers-memory.toml): every run ok, the measured state plus its
+    0-dim tensors is the declaration for every optimizer that declares one, and the import path's is not."""
+    from pathlib import Path
+
+    from swanbench.api.frames import load
+    from swanbench.suite import load_suite
+
+    root = Path(__file__).resolve().parent.parent
+    runs = load(root / "results" / "cpu-xeon-2c" / "peers-memory").runs.set_index("optimizer")
+    suite = load_suite(root / "suites" / "peers-memory.toml")
+    assert sorted(runs.index) == sorted({c.optimizer for c in suite.cells}) and (runs["status"] == "ok").all()
+    assert set(PEERS) <= set(runs.index)
+    declared = runs.drop(index="torch.optim:NAdam")
+    measured = declared["optimizer_state_bytes"] + declared["optimizer_state_scalar_bytes"]
+    assert (measured == declared["estimate_optimizer_state_bytes"]).all()
+    assert "not declared" in runs.loc["torch.optim:NAdam", "estimate_error"]
+    assert runs.loc["torch.optim:NAdam", "optimizer_state_bytes"] == 2 * runs.loc["torch.optim:NAdam", "param_bytes"]
+    assert (root / "results" / "cpu-xeon-2c" / "peers-memory" / "figures" / "memory.png").is_file()
