@@ -224,7 +224,7 @@ PEERS: tuple[Peer, ...] = (
     Peer("galore", "GaLore-AdamW: Adam on the gradient's top-r SVD subspace (hidden matrices); AdamW on the rest",
          "HybridOptimizer(galore_torch.GaLoreAdamW + torch.optim.AdamW)", "galore-torch", True,
          dict(lr=0.01, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rank=128, update_proj_gap=200, scale=0.25),
-         _LOW_RANK_CHECKS, galore_matrix, galore_state, galore_workspace, color="#17becf", order=92),
+         _LOW_RANK_CHECKS, galore_matrix, galore_state, galore_workspace, color="#0b7285", order=92),
     Peer("apollo", "APOLLO: channel-wise gradient scaling from Adam moments of a rank-r random projection "
          "(hidden matrices); AdamW on the rest", "HybridOptimizer(apollo_torch.APOLLOAdamW + torch.optim.AdamW)",
          "apollo-torch", True,
@@ -243,7 +243,7 @@ PEERS: tuple[Peer, ...] = (
          "adam_mini.Adam_mini", "adam-mini", False,
          dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, dim=None, n_heads=None, n_kv_heads=None),
          {**_ADAM_CHECKS, "dim": "int_or_none", "n_heads": "int_or_none", "n_kv_heads": "int_or_none"},
-         build_adam_mini, adam_mini_state, adam_mini_workspace, adam_mini_scalars, color="#393b79", order=15),
+         build_adam_mini, adam_mini_state, adam_mini_workspace, adam_mini_scalars, color="#5254a3", order=15),
 )
 
 
