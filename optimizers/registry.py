@@ -4,8 +4,9 @@ Every entry names the code that runs (`OptimizerInfo.implementation`), its hyper
 (anything else is a `ValueError` naming it), and its memory declaration for the analytic estimator:
 `state_numel(shape)` persistent state elements per parameter, `state_dtype`, `scalar_state_bytes` (0-dim
 per-parameter counters such as Adam's `step`, which torch keeps as a float32 tensor) and
-`workspace_numel(shape, device=..., dtype=..., **hparams)` transient fp32 elements inside `step()` (defaults:
-CPU, fp32 parameters, the entry's default hyperparameters).
+`workspace_numel(shape, context)` transient fp32 elements inside `step()` (the context: the parameter's
+name and dtype, the device, the hyperparameters; defaults: CPU, fp32, the entry's defaults). Declarations
+are `f(shape)` or `f(shape, context)` (`optimizers.declare`).
 
 Baselines are torch's own optimizers (fused kernels where the device has them, else foreach) or a
 maintained package (`lion-pytorch`), never a copy. `swan`, `swan-fast`, `sinkgd` and `muon` are hybrids:
@@ -17,126 +18,24 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import inspect
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from optimizers import costs
 from optimizers import functional as F
+from optimizers.declare import ParamContext
+from optimizers.info import OptimizerInfo, Shape, StepPart, _matrix, _numel
 from optimizers.hybrid import LLAMA_RULES, HybridOptimizer, partition
 from optimizers.stateless import SWAN, SinkGD, sinkgd_workspace_numel, swan_workspace_numel
 
-__all__ = ["OptimizerInfo", "StepPart", "build", "available", "info", "registered", "display_order"]
+__all__ = ["OptimizerInfo", "StepPart", "ParamContext", "build", "available", "info", "registered", "display_order",
+           "missing"]
 
 log = logging.getLogger("optimizers")
-Shape = Sequence[int]
-
-
-def _numel(shape: Shape) -> int:
-    return math.prod(int(d) for d in shape)
-
-
-def _matrix(shape: Shape) -> tuple[int, int]:
-    if len(shape) != 2:
-        raise ValueError(f"a matrix optimizer declares state for 2-D shapes only, got {tuple(shape)}")
-    return int(shape[0]), int(shape[1])
-
-
-@dataclass(frozen=True)
-class StepPart:
-    """One preprocessing operator a step applies to every hidden matrix (for the kernel suite and cost model).
-
-    operator: an operator of `optimizers.functional` ("grad_norm", "grad_whiten", "sr_sinkhorn",
-        "muon_quintic"), as the kernel suite names it.
-    methods: the kernel suite's methods that compute it with these hyperparameters, in order of preference
-        (the first that was measured on the device stands for the step).
-    flops: nominal flops for one rows x cols matrix (`optimizers.costs`).
-    """
-
-    operator: str
-    methods: tuple[str, ...]
-    flops: Callable[[int, int], int] = field(repr=False, compare=False)
-
-
-@dataclass(frozen=True)
-class OptimizerInfo:
-    """What a registry name runs and what memory it holds (for `swanbench estimate` and the README).
-
-    Attributes:
-        name, description: the registry name and one line on the method.
-        implementation: the code that runs, e.g. "torch.optim.AdamW(fused=True)".
-        hybrid: True when hidden matrices go to a matrix optimizer and the rest to `rest_optimizer`;
-            `state_numel` / `workspace_numel` then describe one hidden matrix.
-        state_dtype: "param" (torch allocates state with `zeros_like(param)`, i.e. in the parameter dtype;
-            true of every entry here) or a dtype name.
-        scalar_state_bytes: bytes of 0-dim per-parameter counters (torch's Adam/AdamW/Adafactor keep `step`
-            as a float32 tensor: 4); not included in `state_numel`.
-        requires: the pip package the entry needs beyond torch, or None.
-        hparams: the accepted hyperparameters and their defaults.
-        whole_matrix: the matrix optimizer needs each hidden matrix whole on one rank (whitening), whatever
-            the sharding: the estimator adds the gather under FSDP.
-        color, order: how figures and tables show it (a matplotlib colour; position in legends and tables).
-    """
-
-    name: str
-    description: str
-    implementation: str
-    hybrid: bool
-    state_dtype: str
-    scalar_state_bytes: int
-    requires: str | None
-    hparams: Mapping[str, Any]
-    _state: Callable[[Shape], int] = field(repr=False)
-    # (shape, hparams, device, dtype) -> fp32 elements; see `workspace_numel`
-    _workspace: Callable[..., int] = field(repr=False)
-    rest_optimizer: str | None = None
-    whole_matrix: bool = False
-    color: str | None = None
-    order: int = 1000
-    _parts: Callable[[Mapping[str, Any]], tuple[StepPart, ...]] = field(default=lambda hp: (), repr=False)
-
-    def step_parts(self, **hparams: Any) -> tuple[StepPart, ...]:
-        """The preprocessing operators one step applies to each hidden matrix, for these hyperparameters
-        (defaults filled in); empty for optimizers without a separable preprocessing (AdamW, SGD, ...)."""
-        return self._parts({**self.hparams, **hparams})
-
-    def step_flops(self, rows: int, cols: int, **hparams: Any) -> int:
-        """Nominal preprocessing flops of one step on one rows x cols hidden matrix (0 when it has none)."""
-        return sum(part.flops(rows, cols) for part in self.step_parts(**hparams))
-
-    def state_numel(self, shape: Shape) -> int:
-        """Persistent optimizer-state elements for one parameter of `shape` (scalars excluded)."""
-        return int(self._state(tuple(shape)))
-
-    def workspace_numel(self, shape: Shape, *, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype | None = None, **hparams: Any) -> int:
-        """Peak transient fp32 elements allocated inside `step()` for one parameter of `shape`.
-
-        device: where the step runs ("cpu" by default; "cuda", "cuda:0", a torch.device): SinkGD's CUDA path
-            materialises an m x n iterate that its CPU kernels avoid. dtype: the parameter dtype (a
-            torch.dtype or a name such as "bfloat16"; default fp32). hparams: the configuration, defaults
-            filled in (e.g. SWAN's `steps`, `whiten_precision`); unknown names are a ValueError.
-        """
-        unknown = sorted(set(hparams) - set(self.hparams))
-        if unknown:
-            raise ValueError(f"workspace_numel: unknown hyperparameter(s) {', '.join(unknown)} for {self.name!r}")
-        if dtype is None:
-            dtype = torch.float32
-        elif isinstance(dtype, str):
-            name = dtype.removeprefix("torch.").strip().lower()
-            dtype = getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(name, name))
-        return int(self._workspace(tuple(shape), {**self.hparams, **hparams}, torch.device(device), dtype))
-
-    def state_bytes(self, shape: Shape, param_dtype: torch.dtype) -> int:
-        """state_numel * element size of the state dtype, plus the scalar counters."""
-        dtype = param_dtype if self.state_dtype == "param" else getattr(torch, self.state_dtype)
-        return self.state_numel(shape) * dtype.itemsize + self.scalar_state_bytes
-
-
 # --------------------------------------------------------------------------------------------------
 # hyperparameter validation
 # --------------------------------------------------------------------------------------------------
@@ -283,6 +182,8 @@ class _Entry:
     info: OptimizerInfo
     build: Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.optim.Optimizer, str]]
     validate: Callable[[dict[str, Any]], None]
+    open_hparams: bool = False  # any keyword passes through (an external optimizer without declared defaults)
+    extra_keys: tuple[str, ...] = ()  # accepted beyond info.hparams (an external optimizer's hybrid settings)
 
 
 _HYBRID_DEFAULTS = dict(lr=0.02, weight_decay=0.0, rules=None, adamw_lr=None, adamw_betas=(0.9, 0.999),
@@ -355,23 +256,11 @@ def _swan_state(shape: Shape) -> int:
     return 0
 
 
-def _workspace_callable(fn: Callable[..., int]) -> Callable[..., int]:
-    """A declaration `workspace(shape)` (the simple form) or `workspace(shape, hparams, device, dtype)`."""
-    try:
-        positional = [p for p in inspect.signature(fn).parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
-    except (TypeError, ValueError):
-        return fn
-    if len(positional) == 1 and positional[0].kind != positional[0].VAR_POSITIONAL:
-        return lambda shape, hp, device, dtype: fn(shape)
-    return fn
-
-
 def _info(name, description, implementation, state, workspace, hparams, hybrid=False, scalar=0,
           requires=None, whole_matrix=False, parts=None, color=None, order=1000) -> OptimizerInfo:
     return OptimizerInfo(name=name, description=description, implementation=implementation, hybrid=hybrid,
                          state_dtype="param", scalar_state_bytes=scalar, requires=requires,
-                         hparams=dict(hparams), _state=state, _workspace=_workspace_callable(workspace),
+                         hparams=dict(hparams), _state=state, _workspace=workspace,
                          rest_optimizer="adamw" if hybrid else None, whole_matrix=whole_matrix,
                          color=color, order=order, _parts=parts or (lambda hp: ()))
 
@@ -430,27 +319,28 @@ def _adafactor_state(shape: Shape) -> int:
     return _numel(shape)
 
 
-def _muon_workspace(shape: Shape, *_: Any) -> int:
+def _muon_workspace(shape: Shape) -> int:
     # torch.optim.Muon (fp32 params): the Nesterov blend (m n), the bf16 copy and its NS iterate
     # (2 x m n bf16 = m n fp32), the bf16 Gram and its polynomial (2 s^2 bf16 = s^2 fp32).
     m, n = _matrix(shape)
     return 2 * m * n + min(m, n) ** 2
 
 
-def _no_workspace(shape: Shape, *_: Any) -> int:
+def _no_workspace(shape: Shape) -> int:
     return 0
 
 
 def _swan_workspace(whitening: str) -> Callable[..., int]:
     """SWAN's declaration (`stateless.swan_workspace_numel`): the same on every device and parameter dtype."""
-    def workspace(shape: Shape, hp: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> int:
+    def workspace(shape: Shape, ctx: ParamContext) -> int:
+        hp = ctx.hparams
         return swan_workspace_numel(_matrix(shape), int(hp["steps"]), whitening, hp["whiten_precision"])
     return workspace
 
 
-def _sinkgd_workspace(shape: Shape, hp: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> int:
-    """SinkGD's declaration (`stateless.sinkgd_workspace_numel`) for the kernel its step picks on `device`."""
-    return sinkgd_workspace_numel(_matrix(shape), "auto", device, dtype)
+def _sinkgd_workspace(shape: Shape, ctx: ParamContext) -> int:
+    """SinkGD's declaration (`stateless.sinkgd_workspace_numel`) for the kernel its step picks on the device."""
+    return sinkgd_workspace_numel(_matrix(shape), "auto", torch.device(ctx.device), getattr(torch, ctx.dtype))
 
 
 _ADAM_HP = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
@@ -515,16 +405,48 @@ _register(_info("sinkgd", "SinkGD: SR-Sinkhorn (L=5) normalised gradient, statel
 
 
 # --------------------------------------------------------------------------------------------------
+# entries from elsewhere: the peers (optimizers.peers registers them) and optimizers from outside the package
+# (optimizers.external installs these hooks: import paths and the entry points of `swanbench.optimizers`)
+# --------------------------------------------------------------------------------------------------
+
+_RESOLVERS: list[Callable[[str], "_Entry"]] = []    # name with a colon -> entry (an import path)
+_DISCOVERERS: list[Callable[[], dict[str, str]]] = []  # register entries, return {name: why it failed}
+_BROKEN: dict[str, str] = {}
+_discovered = False  # optimizers.external.refresh_entry_points() resets it
+
+
+def _discover() -> None:
+    """Run the discoverers once per process (entry points are read on first use, not at import)."""
+    global _discovered
+    if not _discovered:
+        _discovered = True
+        for discover in _DISCOVERERS:
+            _BROKEN.update(discover())
+
+
+# --------------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------------
 
 def registered() -> list[str]:
     """Every registry name, including entries whose package is not installed here."""
+    _discover()
     return sorted(_ENTRIES)
+
+
+def missing() -> dict[str, str]:
+    """Registry names that cannot be built here, with why: a package to install, or a broken entry point."""
+    _discover()
+    out = {name: f"needs {e.info.requires} (pip install {e.info.requires}"
+                 + (', or the extra swanbench[peers])' if e.info.source == 'peer' else ')')
+           for name, e in _ENTRIES.items() if not _installed(e)}
+    return dict(sorted({**out, **_BROKEN}.items()))
 
 
 def display_order(names: Sequence[str]) -> list[str]:
     """Names in the registry's display order (`OptimizerInfo.order`); unregistered names follow, sorted."""
+    _discover()
+
     def key(name: str) -> tuple[int, str]:
         entry = _ENTRIES.get(str(name).strip().lower())
         return (entry.info.order if entry else 10**9, str(name))
@@ -539,12 +461,16 @@ def _installed(entry: _Entry) -> bool:
 
 def available() -> list[str]:
     """Registry names that can be built in this environment (sorted)."""
+    _discover()
     return sorted(name for name, entry in _ENTRIES.items() if _installed(entry))
 
 
 def _entry(name: str) -> _Entry:
     if not isinstance(name, str):
         raise ValueError(f"optimizer name must be a string, got {name!r}")
+    if ":" in name and _RESOLVERS:  # "package.module:Name" (optimizers.external): imported, never evaluated
+        return _RESOLVERS[0](name)
+    _discover()
     entry = _ENTRIES.get(name.strip().lower())
     if entry is None:
         close = difflib.get_close_matches(name.strip().lower(), list(_ENTRIES), n=1)
@@ -563,7 +489,7 @@ def resolve_hparams(name: str, **hparams: Any) -> dict[str, Any]:
     entry = _entry(name)
     known = entry.info.hparams
     for key in hparams:
-        if key not in known:
+        if key not in known and not entry.open_hparams and key not in entry.extra_keys:
             close = difflib.get_close_matches(key, list(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"unknown hyperparameter {key!r} for optimizer {entry.info.name!r}{hint} "
@@ -584,8 +510,7 @@ def build(name: str, model: torch.nn.Module, **hparams: Any) -> torch.optim.Opti
     """
     entry = _entry(name)
     if not _installed(entry):
-        raise ValueError(f"optimizer {entry.info.name!r} needs the package {entry.info.requires} "
-                         f"(pip install {entry.info.requires})")
+        raise ValueError(f"optimizer {entry.info.name!r} {missing()[entry.info.name]}")
     hp = resolve_hparams(name, **hparams)
     opt, implementation = entry.build(model, hp)
     if not hasattr(opt, "preprocess_timer"):

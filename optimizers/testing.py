@@ -56,3 +56,30 @@ def loss_fn(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> torch.
 def hidden_names(model: nn.Module) -> list[str]:
     return [n for n, _ in model.named_parameters() if n.endswith(("q_proj.weight", "o_proj.weight",
                                                                    "up_proj.weight", "down_proj.weight"))]
+
+
+def step_allocation_peak(opt: torch.optim.Optimizer) -> int:
+    """Peak of (bytes allocated - bytes freed) during one `opt.step()`, from the CPU profiler's allocation
+    events: what a workspace declaration (`info(name).workspace_numel`) is checked against."""
+    return allocation_peak(opt.step)
+
+
+def allocation_peak(fn) -> int:
+    """Peak of (bytes allocated - bytes freed) while `fn()` runs, from the CPU profiler's allocation events."""
+    from torch._C._profiler import _EventType
+
+    def walk(nodes):
+        for node in nodes:
+            yield node
+            yield from walk(node.children)
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_time_ns, int(e.typed[1].alloc_size))
+                    for e in walk(prof.profiler.kineto_results.experimental_event_tree())
+                    if e.typed[0] == _EventType.Allocation)
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak

@@ -93,10 +93,15 @@ def llama_config(preset: ModelPreset, attn_implementation: str = "sdpa"):
 
 def build_model(name: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                 seed: int = 0, attn_implementation: str = "sdpa") -> torch.nn.Module:
-    """A randomly initialised LlamaForCausalLM for the preset, seeded, on `device` in `dtype`."""
+    """A randomly initialised LlamaForCausalLM for the preset, seeded, on `device` in `dtype`.
+
+    The model carries `swanbench_preset = name`, so a `RunRecorder` around it records the preset's name (and
+    its analytic estimate) without being told.
+    """
     from transformers import LlamaForCausalLM
 
     preset = get_preset(name)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(llama_config(preset, attn_implementation))
+    model.swanbench_preset = name
     return model.to(device=device, dtype=dtype)

@@ -23,6 +23,7 @@ STAGES = (
     ("launch", ("swanbench.launch",)),
     ("analyse", ("swanbench.analysis",)),
     ("suite kinds", ("swanbench.runner", "swanbench.kernels", "swanbench.fit")),
+    ("your own code", ("swanbench.api",)),
     ("command line", ("swanbench.kinds", "swanbench.commands", "swanbench.cli", "swanbench.__main__")),
 )
 MAX_LINES = 600  # a longer module states why in its docstring ("longer than 600 lines because ...")

@@ -10,11 +10,14 @@ import torch
 
 import optimizers
 from optimizers import SWAN, NonFiniteGradientError, SinkGD
-from optimizers.testing import ToyLM, batch, hidden_names, loss_fn
+from optimizers.testing import ToyLM, allocation_peak, batch, hidden_names, loss_fn, step_allocation_peak
 
 NAMES = optimizers.available()
-HYBRIDS = ["swan", "swan-fast", "sinkgd", "muon"]
+HYBRIDS = ["swan", "swan-fast", "sinkgd", "muon", "galore", "apollo", "apollo-mini"]
 STATELESS = ["swan", "swan-fast", "sinkgd"]
+# Hyperparameters the toy model needs: it has no transformers config for Adam-mini's heads, and its 16-wide
+# matrices want a rank below 16 for the low-rank peers to be low-rank at all.
+TOY_HP = {"adam-mini": {"dim": 16, "n_heads": 4}, "galore": {"rank": 4}, "apollo": {"rank": 4}}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -26,7 +29,7 @@ TOY_LR = {"sgd": 0.5, "sgd-momentum": 0.2, "lion": 3e-3, "adafactor": 3e-2}
 
 def build(name: str, seed: int = 0, **hp):
     model = ToyLM(seed)
-    return model, optimizers.build(name, model, **hp)
+    return model, optimizers.build(name, model, **{**TOY_HP.get(name, {}), **hp})
 
 
 def train_step(model, opt, data) -> torch.Tensor:
@@ -127,7 +130,7 @@ def test_state_dict_round_trip(name):
     for i in range(3):
         train_step(model, opt, batch(i))
     clone = copy.deepcopy(model)
-    opt2 = optimizers.build(name, clone)
+    opt2 = optimizers.build(name, clone, **TOY_HP.get(name, {}))
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
     train_step(model, opt, batch(7))
     train_step(clone, opt2, batch(7))
@@ -192,22 +195,25 @@ def test_unknown_hyperparameter_names_it_with_did_you_mean():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_declared_state_matches_allocated_state(name):
-    """state_numel / state_dtype / scalar_state_bytes (what the estimator uses) equal what torch allocates."""
+    """state_numel / state_dtype / scalar bytes (what the estimator uses) equal what the optimizer holds, counted
+    as the harness counts it: every tensor its state reaches (also inside objects, such as GaLore's projector),
+    storages once (a view of a larger buffer costs the buffer)."""
+    from swanbench.trackers.memory import split_state, tensor_bytes, tensors_in
+
     model, opt = build(name)
     for i in range(2):
         train_step(model, opt, batch(i))
     info = optimizers.info(name)
     adamw = optimizers.info("adamw")
     hidden = {id(p) for n, p in model.named_parameters() if n in hidden_names(model)}
-    for p in model.parameters():
+    for pname, p in model.named_parameters():
         declared = info if (not info.hybrid or id(p) in hidden) else adamw
+        ctx = optimizers.ParamContext(name=pname, hparams=TOY_HP.get(name, {}) if declared is info else {})
         state = opt.state.get(p, {}) if hasattr(opt.state, "get") else opt.state[p]
-        tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
-        buffers = [t for t in tensors if t.dim() > 0]
-        scalars = [t for t in tensors if t.dim() == 0]
-        assert sum(t.numel() for t in buffers) == declared.state_numel(tuple(p.shape)), (name, p.shape)
+        buffers, scalars = split_state(tensors_in(state))
+        assert tensor_bytes(buffers) == declared.state_numel(tuple(p.shape), ctx) * p.element_size(), (name, pname)
         assert all(t.dtype == p.dtype for t in buffers)
-        assert sum(t.numel() * t.element_size() for t in scalars) == declared.scalar_state_bytes
+        assert tensor_bytes(scalars) == declared.scalar_bytes(tuple(p.shape), ctx), (name, pname)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -607,32 +613,6 @@ def test_diverging_whitening_raises_instead_of_writing_nan(monkeypatch):
 # the declared workspace is what step() allocates
 # ----------------------------------------------------------------------------------------------------
 
-def _step_allocation_peak(opt) -> int:
-    """Peak of (bytes allocated - bytes freed) during one step, from the profiler's CPU allocation events."""
-    return _allocation_peak(opt.step)
-
-
-def _allocation_peak(fn) -> int:
-    """Peak of (bytes allocated - bytes freed) while fn() runs, from the profiler's CPU allocation events."""
-    from torch._C._profiler import _EventType
-
-    def walk(nodes):
-        for node in nodes:
-            yield node
-            yield from walk(node.children)
-
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_time_ns, int(e.typed[1].alloc_size))
-                    for e in walk(prof.profiler.kineto_results.experimental_event_tree())
-                    if e.typed[0] == _EventType.Allocation)
-    running = peak = 0
-    for _, delta in events:
-        running += delta
-        peak = max(peak, running)
-    return peak
-
-
 # Declared workspace (fp32 elements) written out by hand from the declaration's formula, not by calling
 # it: SWAN m n + max(B s^2, s^2 + m n) with B = 4 (k >= 3), 3 (k = 2), 2 (k = 1), 1 (NSDS); bf16 whitening
 # (4 m n + max(2 m n + 6 s^2, 2 m n + 2 B s^2, 4 m n + 2 s^2)) // 4 bytes; SinkGD native m + n + threads n
@@ -678,7 +658,7 @@ def test_declared_workspace_equals_measured_transient(shape, name, kw, dtype, de
         if not kw:
             assert optimizers.info("sinkgd").workspace_numel(shape, dtype=dtype) == declared
     opt.step()  # warm-up
-    measured = _step_allocation_peak(opt)
+    measured = step_allocation_peak(opt)
     # The declaration counts the tensors of m x n, s x s, m and n elements; the measurement adds a few 0-dim
     # scalars (norms, the finite check) and, for the torch SR-Sinkhorn kernels, the first row step's row
     # maxima and exponents (O(m + n), at most 4 (m + n) elements).
@@ -702,7 +682,7 @@ def test_bf16_whitening_workspace_is_the_declared_tensors_plus_cpu_matmul_scratc
         w.grad = torch.randn(shape)
         opt = SWAN([w], whiten_precision="bf16")
         opt.step()
-        measured = _step_allocation_peak(opt)
+        measured = step_allocation_peak(opt)
         a = torch.randn(1, max(shape), s).bfloat16()
-        scratch = _allocation_peak(lambda: torch.bmm(a.mT, a)) - 2 * s * s  # oneDNN packing of one product
+        scratch = allocation_peak(lambda: torch.bmm(a.mT, a)) - 2 * s * s  # oneDNN packing of one product
         assert 4 * declared <= measured <= 4 * declared + 2 * scratch + 64, (measured, 4 * declared, scratch)

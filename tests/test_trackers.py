@@ -702,3 +702,19 @@ def test_bf16_step_transient_is_the_declared_workspace(name, bf16_matrix_runs):
         assert measured >= workspace  # the torch kernels stack small matrices: a lower bound (see above)
     else:
         assert workspace <= measured <= 1.05 * workspace + 4096, (measured, workspace)
+
+
+def test_the_tensor_walk_follows_objects_in_the_state_once_and_skips_modules():
+    """A projector object kept in optimizer state (GaLore, APOLLO) holds tensors as attributes: they count, a
+    cycle of references does not loop, and a module's parameters are never counted as state."""
+    from swanbench.trackers.memory import tensor_bytes, tensors_in
+
+    class Projector:
+        def __init__(self) -> None:
+            self.matrix = torch.zeros(8, 4)
+            self.owner = self  # a cycle
+
+    state = {"projector": Projector(), "exp_avg": torch.zeros(4), "layer": torch.nn.Linear(4, 4), "step": 3}
+    found = list(tensors_in(state))
+    assert tensor_bytes(found) == 8 * 4 * 4 + 4 * 4
+    assert len(found) == 2

@@ -503,3 +503,21 @@ def write_summary(report: CheckReport, path: Path) -> Path:
     tmp.write_text(render_markdown(report))
     tmp.replace(path)
     return path
+
+
+def report_dict(report: CheckReport) -> dict[str, Any]:
+    """The report as plain data for scripts (`swanbench check --json`): the verdict, the counts and every
+    finding with its flags; values in the columns' own units (bytes, ms, ratios), None where unknown."""
+    def number(value: Any) -> Any:
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    return {
+        "passed": report.passed, "headline": headline(report), "results": report.results,
+        "baseline": report.baseline, "tolerances": report.tolerances,
+        "counts": {"failed": len(report.failures), "improved_or_new": len(report.improvements),
+                   "ok": sum(f.verdict == OK for f in report.findings),
+                   "skipped": sum(f.skipped for f in report.findings), "total": len(report.findings)},
+        "findings": [{"run": f.run, "metric": f.metric, "baseline": number(f.baseline), "now": number(f.now),
+                      "change": number(f.change), "limit": f.limit, "verdict": f.verdict, "compare": f.compare,
+                      "failed": f.failed, "improved": f.improved, "skipped": f.skipped} for f in report.findings],
+    }

@@ -19,6 +19,8 @@ def check(
     update: Annotated[bool, typer.Option(
         "--update", help="Deliberately write RESULTS' runs as the new baseline (shows the comparison first).")]
     = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the verdict and every finding as JSON on stdout (the same exit codes).")] = False,
 ) -> None:
     """Compare a results set against a committed baseline; exit 1 on a regression, 2 on bad input."""
     from swanbench.analysis import check as gate
@@ -32,14 +34,19 @@ def check(
     except (gate.CheckError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(gate.render_text(report))
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(gate.report_dict(report), indent=2, default=str))
+    else:
+        typer.echo(gate.render_text(report))
     targets = [_summary_home(gate, results)] + ([summary] if summary is not None else [])
     try:
         written = [gate.write_summary(report, path) for path in targets]
     except OSError as exc:
         typer.echo(f"error: cannot write the summary: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo("summary: " + ", ".join(str(p) for p in written))
+    typer.echo("summary: " + ", ".join(str(p) for p in written), err=as_json)  # stdout stays pure JSON
     if not report.passed:
         raise typer.Exit(1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -42,7 +43,8 @@ def fit(
             memory_budget=None, steps=_at_least("--steps", steps, 2), timeout_s=timeout_s)
         budget = parse_bytes(memory_budget) if memory_budget is not None else fitlib.default_budget(target.device)
         target = replace(target, memory_budget=budget)
-        out_dir = out or Path("results") / "fit" / f"{optimizer}-{model}-{seq_len}-{target.dtype}"
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", optimizer)  # an import path "pkg.mod:Name" has a colon
+        out_dir = out or Path("results") / "fit" / f"{safe}-{model}-{seq_len}-{target.dtype}"
         console.print(f"fit {optimizer} on {model}, seq_len {seq_len}, {target.dtype}, {target.device}, budget "
                       f"{format_bytes(budget)}: probes in {out_dir}")
         result = fitlib.fit(target, out_dir, max_batch=_at_least("--max-batch", max_batch, 1),

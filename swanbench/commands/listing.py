@@ -23,15 +23,24 @@ def list_(what: Annotated[What, typer.Argument(help="What to list.")]) -> None:
 
 
 def optimizers_table():
-    """Registry names with what `optimizers.info(name)` says about each."""
+    """Every registry name with what `optimizers.info(name)` says about it, and what is missing here."""
     import optimizers
     from rich.table import Table
 
-    table = Table("optimizer", "description", "implementation",
-                  title="optimizers (suite: \\[matrix] optimizer = [...], \\[optimizers.<name>] hyperparameters)")
-    for name in optimizers.available():
+    table = Table("optimizer", "source", "description", "implementation", "here",
+                  title="optimizers (suite: \\[matrix] optimizer = [...], \\[optimizers.<name>] hyperparameters; "
+                        "any torch.optim.Optimizer by import path \"package.module:Name\")")
+    missing = optimizers.missing()
+    for name in sorted(set(optimizers.registered()) | set(missing)):
+        if name not in optimizers.registered():  # a broken entry point: only its reason is known
+            table.add_row(name, "entry point", "", "", f"[red]broken: {missing[name]}[/]")
+            continue
         info = optimizers.info(name)
-        table.add_row(name, _describe(info), str(getattr(info, "implementation", "")))
+        here = f"[yellow]missing: {missing[name]}[/]" if name in missing else "ok"
+        if name not in missing and not getattr(info, "declared", True):
+            here = "ok (memory not declared)"
+        table.add_row(name, str(getattr(info, "source", "")), _describe(info),
+                      str(getattr(info, "implementation", "")), here)
     return table
 
 

@@ -40,7 +40,7 @@ from swanbench.estimate.model import (
     FSDP_GATHERED_LAYERS, GIB, GroupEstimate, HYBRID_REST_OPTIMIZER, LOSS_DTYPE_BYTES, MemoryEstimate,
     PARALLELISMS, ParamSpec, WORKSPACE_DTYPE_BYTES, activation_breakdown, attention_saved_bytes, canonical_dtype,
     check_parallelism, comm_buffer_bytes, comparable_column, dtype_bytes, estimate, estimate_many, estimate_run,
-    gib, measured_peak_bytes, mlp_saved_bytes, optimizer_groups, optimizer_info, parameter_specs, parse_bytes,
+    gib, measured_peak_bytes, mlp_saved_bytes, NotDeclared, optimizer_groups, optimizer_info, parameter_specs, parse_bytes,
     rmsnorm_saved_bytes, shard_spec, state_element_bytes, unexplained_bytes, whole_matrix_extra_bytes,
 )
 from swanbench.estimate.render import (
@@ -53,7 +53,7 @@ __all__ = [
     "MemoryEstimate", "PARALLELISMS", "ParamSpec", "WORKSPACE_DTYPE_BYTES", "activation_breakdown",
     "attention_saved_bytes", "canonical_dtype", "check_parallelism", "comm_buffer_bytes", "comparable_column",
     "dtype_bytes", "estimate", "estimate_many", "estimate_row", "estimate_run", "format_bytes", "gib",
-    "measured_peak_bytes", "mlp_saved_bytes", "optimizer_groups", "optimizer_info", "parameter_specs",
+    "measured_peak_bytes", "mlp_saved_bytes", "NotDeclared", "optimizer_groups", "optimizer_info", "parameter_specs",
     "parse_bytes", "render_table", "rmsnorm_saved_bytes", "shard_spec", "state_element_bytes", "unexplained_bytes",
     "verdict_lines", "whole_matrix_extra_bytes", "write_estimates",
 ]

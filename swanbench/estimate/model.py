@@ -34,6 +34,11 @@ class EstimateError(ValueError):
     """Bad input to the estimator (unknown dtype, attention implementation, optimizer); one line."""
 
 
+class NotDeclared(EstimateError):
+    """The optimizer declares no state or workspace (an import path, an entry point without declarations):
+    the estimate is "not declared", never a guess; a run of it still measures its state bytes exactly."""
+
+
 # --------------------------------------------------------------------------------------------------
 # Names and units
 # --------------------------------------------------------------------------------------------------
@@ -156,21 +161,30 @@ def shard_spec(spec: ParamSpec, shards: int) -> ParamSpec:
     return ParamSpec(spec.name, (math.ceil(spec.shape[0] / shards), *spec.shape[1:]), spec.role)
 
 
-def _group_estimate(name: str, optimizer: str, info, specs: list[ParamSpec], param_dtype: str,
-                    shards: int = 1, device: str = "cpu", hparams: dict[str, Any] | None = None) -> GroupEstimate:
-    """One group's bytes on one rank; `shards` > 1: FSDP's row-blocks (the workspace stays full-shape).
+def _declared(info, method: str, spec: ParamSpec, context: dict[str, Any] | None) -> int:
+    """info.<method>(shape), with a `ParamContext` (name, dtype, heads, hyperparameters) where the registry
+    takes one (tests pass plain tables whose declarations take the shape alone)."""
+    fn = getattr(info, method)
+    if context is None:
+        return int(fn(spec.shape))
+    from optimizers.declare import ParamContext
 
-    The workspace is the optimizer's own declaration for this device, parameter dtype and configuration
-    (SinkGD's CUDA path materialises an m x n iterate its CPU kernels avoid; SWAN's depends on `steps`).
-    """
+    return int(fn(spec.shape, ParamContext(name=spec.name, **context)))
+
+
+def _group_estimate(name: str, optimizer: str, info, specs: list[ParamSpec], param_dtype: str,
+                    shards: int = 1, context: dict[str, Any] | None = None) -> GroupEstimate:
+    """One group's bytes on one rank; `shards` > 1: FSDP's row-blocks (the workspace stays full-shape)."""
     elem = dtype_bytes(param_dtype)
     local = [shard_spec(s, shards) for s in specs]
     state_elem = state_element_bytes(getattr(info, "state_dtype", None), param_dtype)
-    state_numel = sum(int(info.state_numel(s.shape)) for s in local)
+    state_numel = sum(_declared(info, "state_numel", s, context) for s in local)
     # 0-dim per-parameter counters (torch's Adam keeps `step` as a float32 tensor per parameter)
-    scalars = int(getattr(info, "scalar_state_bytes", 0) or 0) * len(specs)
-    options = {"device": device, "dtype": param_dtype, **(hparams or {})}
-    workspace = max((int(info.workspace_numel(s.shape, **options)) for s in specs), default=0)
+    if context is not None and hasattr(info, "scalar_bytes"):
+        scalars = sum(_declared(info, "scalar_bytes", s, context) for s in specs)
+    else:
+        scalars = int(getattr(info, "scalar_state_bytes", 0) or 0) * len(specs)
+    workspace = max((_declared(info, "workspace_numel", s, context) for s in specs), default=0)
     return GroupEstimate(name=name, optimizer=optimizer, params=sum(s.numel for s in specs),
                          param_bytes=sum(s.numel for s in local) * elem,
                          state_bytes=state_numel * state_elem + scalars,
@@ -178,30 +192,32 @@ def _group_estimate(name: str, optimizer: str, info, specs: list[ParamSpec], par
 
 
 def optimizer_groups(preset: ModelPreset, optimizer: str, param_dtype: str,
-                     info_of: Callable[[str], Any] = optimizer_info, shards: int = 1, device: str = "cpu",
-                     hparams: dict[str, Any] | None = None) -> list[GroupEstimate]:
+                     info_of: Callable[[str], Any] = optimizer_info, shards: int = 1,
+                     hparams: dict[str, Any] | None = None, device: str = "cpu") -> list[GroupEstimate]:
     """The parameter groups `optimizers.build(optimizer, model)` makes, with their state and workspace.
 
     A hybrid: hidden matrices to `optimizer`'s matrix rule, everything else to AdamW. Otherwise one
     group holding every parameter. `shards` > 1: per-rank bytes under FSDP2 (row-sharded tensors).
-    hparams: the optimizer's configuration where it changes the workspace (the rest group uses AdamW's).
+    hparams: the optimizer's hyperparameters where its declaration depends on them (GaLore's rank, SWAN's
+    `steps` and `whiten_precision`). device: where the step runs (SinkGD's CUDA path holds an m x n iterate
+    its CPU kernels avoid). Raises NotDeclared for an optimizer without declarations.
     """
     info = info_of(optimizer)
+    if not getattr(info, "declared", True):
+        raise NotDeclared(f"optimizer {optimizer!r}: not declared (it declares no state or workspace; a run "
+                          "measures its state bytes exactly)")
     specs = parameter_specs(preset)
-    declared = _declared_hparams(info, hparams)
+    registry = info_of is optimizer_info  # the registry's entries take a ParamContext; a test's table may not
+    facts = {"dtype": param_dtype, "heads": preset.heads, "hidden": preset.hidden, "device": device}
+    context = {**facts, "hparams": dict(hparams or {})} if registry else None
+    rest_context = {**facts, "hparams": {}} if registry else None
     if not getattr(info, "hybrid", False):
-        return [_group_estimate("all", optimizer, info, specs, param_dtype, shards, device, declared)]
+        return [_group_estimate("all", optimizer, info, specs, param_dtype, shards, context)]
     hidden = [s for s in specs if s.role == "hidden"]
     rest = [s for s in specs if s.role != "hidden"]
     rest_name = getattr(info, "rest_optimizer", None) or HYBRID_REST_OPTIMIZER
-    return [_group_estimate("matrix", optimizer, info, hidden, param_dtype, shards, device, declared),
-            _group_estimate("rest", rest_name, info_of(rest_name), rest, param_dtype, shards, device)]
-
-
-def _declared_hparams(info: Any, hparams: dict[str, Any] | None) -> dict[str, Any]:
-    """The hyperparameters the optimizer declares (its workspace may depend on them); others are dropped."""
-    known = getattr(info, "hparams", None) or {}
-    return {k: v for k, v in (hparams or {}).items() if k in known}
+    return [_group_estimate("matrix", optimizer, info, hidden, param_dtype, shards, context),
+            _group_estimate("rest", rest_name, info_of(rest_name), rest, param_dtype, shards, rest_context)]
 
 
 def whole_matrix_extra_bytes(preset: ModelPreset, parallelism: str | None, world_size: int) -> int:
@@ -432,8 +448,8 @@ def check_parallelism(world_size: int, parallelism: str | None) -> str | None:
 def estimate(model: str, optimizer: str, dtype: Any = "float32", batch_size: int = 1, seq_len: int = 256, *,
              grad_accum: int = 1, attn_implementation: str = "sdpa",
              info_of: Callable[[str], Any] = optimizer_info, world_size: int = 1,
-             parallelism: str | None = None, device: str = "cpu",
-             hparams: dict[str, Any] | None = None) -> MemoryEstimate:
+             parallelism: str | None = None, hparams: dict[str, Any] | None = None,
+             device: str = "cpu") -> MemoryEstimate:
     """The memory one training step of `model` with `optimizer` needs (bytes; see the module doc).
 
     Args:
@@ -446,8 +462,10 @@ def estimate(model: str, optimizer: str, dtype: Any = "float32", batch_size: int
         info_of: where optimizer declarations come from (tests pass a table).
         world_size, parallelism: ranks and "ddp" | "fsdp" (required when world_size > 1); every number
             is then per rank (module doc), batch_size the per-rank micro-batch.
+        hparams: the optimizer's hyperparameters, for declarations that depend on them (GaLore's and
+            APOLLO's rank, SWAN's `steps` and `whiten_precision`); defaults otherwise.
         device: where the step runs ("cpu", "cuda", ...): some optimizers' workspace depends on it.
-        hparams: the optimizer's configuration (e.g. SWAN's `steps`, `whiten_precision`); defaults otherwise.
+    Raises NotDeclared (an EstimateError) for an optimizer that declares no state or workspace.
     """
     _check_positive(batch_size=batch_size, seq_len=seq_len, grad_accum=grad_accum)
     parallelism = check_parallelism(world_size, parallelism)
@@ -457,7 +475,8 @@ def estimate(model: str, optimizer: str, dtype: Any = "float32", batch_size: int
         raise EstimateError(str(exc)) from None
     dt = canonical_dtype(dtype)
     shards = world_size if parallelism == "fsdp" else 1
-    groups = list(optimizer_groups(preset, optimizer, dt, info_of, shards, device, hparams))
+    groups = list(optimizer_groups(preset, optimizer, dt, info_of, shards,
+                                   _valid_hparams(optimizer, hparams, info_of), device))
     # A matrix optimizer that whitens needs each hidden matrix whole on one rank (its registry entry says so).
     if getattr(info_of(optimizer), "whole_matrix", False) and groups and groups[0].name == "matrix":
         extra = whole_matrix_extra_bytes(preset, parallelism, world_size)
@@ -474,6 +493,19 @@ def estimate(model: str, optimizer: str, dtype: Any = "float32", batch_size: int
     )
 
 
+def _valid_hparams(optimizer: str, hparams: dict[str, Any] | None, info_of: Callable) -> dict[str, Any] | None:
+    """The hyperparameters, resolved by the registry (defaults filled in, an unknown or invalid one an
+    EstimateError line); as given when the declarations come from a test's table."""
+    if not hparams or info_of is not optimizer_info:
+        return hparams
+    import optimizers
+
+    try:
+        return optimizers.resolve_hparams(optimizer, **hparams)
+    except (ValueError, TypeError) as exc:
+        raise EstimateError(f"optimizer {optimizer!r}: {exc}") from None
+
+
 def estimate_run(model: str, optimizer: str, dtype: Any, batch_size: int, seq_len: int,
                  device: str = "cpu", *, grad_accum: int = 1,
                  attn_implementation: str = "sdpa", world_size: int = 1,
@@ -481,12 +513,12 @@ def estimate_run(model: str, optimizer: str, dtype: Any, batch_size: int, seq_le
     """The estimate columns for one measured run: `estimate_bytes` (the modelled peak) and components.
 
     Beside them the harness records `unexplained_bytes(row, estimate_bytes)`: measured - estimate, from
-    the device's comparable column (`estimate_compare_column`); the device and the run's hyperparameters
-    also pick the optimizer's declared workspace.
+    the device's comparable column (`estimate_compare_column`). The device and `hparams` also reach the
+    declarations (GaLore's and APOLLO's rank, SWAN's `steps`, SinkGD's per-device workspace).
     """
     est = estimate(model, optimizer, dtype, batch_size, seq_len, grad_accum=grad_accum,
                    attn_implementation=attn_implementation, world_size=world_size, parallelism=parallelism,
-                   device=device, hparams=hparams)
+                   hparams=hparams, device=device)
     out: dict[str, Any] = dict(est.components())
     out["estimate_peak_phase"] = est.peak_phase
     out["estimate_compare_column"] = comparable_column(device)

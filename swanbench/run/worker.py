@@ -32,7 +32,7 @@ def estimate_columns(cell: Any, device: str, row: dict[str, Any]) -> dict[str, A
         cols = estimate_run(cell.model, cell.optimizer, cell.dtype, cell.batch_size, cell.seq_len, device,
                             grad_accum=cell.grad_accum, world_size=cell.world_size,
                             parallelism=cell.parallelism, hparams=cell.hparams_dict())  # per rank on several
-    except EstimateError as exc:  # e.g. an optimizer the estimator has no declaration for
+    except EstimateError as exc:  # e.g. an optimizer that declares no state: "not declared"
         return {"estimate_error": str(exc)}
     cols["unexplained_bytes"] = unexplained_bytes(row, cols["estimate_bytes"])
     return cols

@@ -33,15 +33,47 @@ def _check_names(path: Path, cells: tuple[Cell, ...], opt_tables: dict) -> None:
     known = available_optimizers()
     names = {c.optimizer for c in cells} | set(opt_tables)
     for opt in sorted(names):
-        if opt not in known:
-            key = f"optimizers.{opt}" if opt in opt_tables else "optimizer"
-            raise fail(path, key, f"unknown optimizer {opt!r}{did_you_mean(opt, known)} (see `swanbench list optimizers`)")
+        key = optimizer_key(opt, opt_tables)
+        if ":" in opt:  # "package.module:Name": imported now (never evaluated), so a wrong path runs nothing
+            problem = import_path_problem(opt)
+            if problem:
+                raise fail(path, key, problem)
+        elif opt not in known:
+            why = missing_optimizers().get(opt.strip().lower())
+            raise fail(path, key, f"optimizer {opt!r} {why}" if why else
+                       f"unknown optimizer {opt!r}{did_you_mean(opt, known)} (see `swanbench list optimizers`)")
+
+
+def optimizer_key(opt: str, opt_tables: dict) -> str:
+    """The suite key naming an optimizer: its table (quoted when the name needs TOML quotes), else `optimizer`."""
+    if opt not in opt_tables:
+        return "optimizer"
+    return f"optimizers.{opt}" if opt.replace("-", "").replace("_", "").isalnum() else f'optimizers."{opt}"'
+
+
+def import_path_problem(name: str) -> str | None:
+    """Why an import-path optimizer cannot be used (one line), or None: it imports and is an Optimizer
+    subclass or a factory."""
+    import optimizers
+
+    try:
+        optimizers.info(name)
+    except ValueError as exc:
+        return " ".join(str(exc).split())
+    return None
 
 
 def available_optimizers() -> list[str]:
     import optimizers
 
     return list(optimizers.available())
+
+
+def missing_optimizers() -> dict[str, str]:
+    """Registered optimizers that cannot be built here, with why (a package to install)."""
+    import optimizers
+
+    return dict(optimizers.missing())
 
 
 def _check_cells(path: Path, cells: tuple[Cell, ...]) -> None:
@@ -118,7 +150,7 @@ def check_runtime(suite: Suite, *, check_devices: bool = True) -> None:
         try:
             optimizers.build(cell.optimizer, model, **cell.hparams_dict())
         except (ValueError, TypeError) as exc:
-            raise fail(suite.path, f"optimizers.{cell.optimizer}", _one_line(exc)) from None
+            raise fail(suite.path, optimizer_key(cell.optimizer, {cell.optimizer: None}), _one_line(exc)) from None
     if check_devices:
         for device, dtype in sorted({(c.device, c.dtype) for c in suite.cells}):
             problem = device_problem(device, dtype)

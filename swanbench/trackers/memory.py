@@ -7,6 +7,7 @@ workspace, no caching: see the allocator, the profiler and the process for those
 
 from __future__ import annotations
 
+import types
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -48,16 +49,34 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return total
 
 
-def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
-    """Every tensor inside a nested state value (dicts, lists, tuples); numbers and strings yield nothing."""
+def tensors_in(obj: Any, _seen: set[int] | None = None) -> Iterator[torch.Tensor]:
+    """Every tensor inside a nested state value (dicts, lists, tuples, and the attributes of plain objects
+    kept in the state, such as GaLore's and APOLLO's projector, which holds its projection matrix);
+    numbers and strings yield nothing. Each container is walked once, so a cycle cannot loop."""
     if isinstance(obj, torch.Tensor):
         yield obj
-    elif isinstance(obj, dict):
+        return
+    seen = set() if _seen is None else _seen
+    if id(obj) in seen:
+        return
+    if isinstance(obj, dict):
+        seen.add(id(obj))
         for v in obj.values():
-            yield from tensors_in(v)
+            yield from tensors_in(v, seen)
     elif isinstance(obj, (list, tuple)):
+        seen.add(id(obj))
         for v in obj:
-            yield from tensors_in(v)
+            yield from tensors_in(v, seen)
+    elif _plain_object(obj):
+        seen.add(id(obj))
+        yield from tensors_in(vars(obj), seen)
+
+
+def _plain_object(obj: Any) -> bool:
+    """An instance with its own attribute dict (not a class, module, function or nn.Module, whose tensors
+    are parameters or buffers, not optimizer state)."""
+    return (hasattr(obj, "__dict__") and not isinstance(obj, (type, types.ModuleType, types.FunctionType,
+                                                              types.MethodType, torch.nn.Module)))
 
 
 def leaf_optimizers(optimizer: Any) -> list[Any]:
