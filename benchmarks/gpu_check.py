@@ -102,6 +102,8 @@ def allotment(step_index: int, steps: list[Step], elapsed_s: float, total: int =
     steps were promised (so a step gets its budget plus what earlier steps left unused), never below 1."""
     later = sum(s.budget_s for s in steps[step_index + 1:])
     return max(1.0, total - elapsed_s - later)
+
+
 # --------------------------------------------------------------------------------------------------
 # Running steps
 # --------------------------------------------------------------------------------------------------
@@ -183,8 +185,12 @@ def dry_run(out_root: Path, budget: int = TOTAL_BUDGET_S, python: str = sys.exec
     problems += train_issues + kernel_time_problems(ROOT / KERNEL_SUITE, budgets["gpu-kernels"])
     report = _run_probe(python, sorted(hidden), out_root)
     problems += report.get("problems", [])
-    say(f"probe ({'hidden: ' + ', '.join(report.get('hidden', [])) if report.get('hidden') else 'nothing hidden'}): "
-        f"{report.get('embedded_documents', 0)} embedded documents; both suites validated by swanbench run --dry-run")
+    hidden_text = f"hidden: {', '.join(report['hidden'])}" if report.get("hidden") else "nothing hidden"
+    say(f"probe ({hidden_text}): every module imported, {report.get('embedded_documents', 0)} embedded documents; "
+        f"validated by swanbench run --dry-run: {', '.join(report.get('validated', [])) or 'none'}")
+    if report.get("skipped_methods"):
+        say(f"kernel methods whose operator lacks a keyword here (rows will be 'skipped'): "
+            f"{', '.join(report['skipped_methods'])}")
     for problem in problems:
         say(f"problem: {problem}")
     say("dry run: ready" if not problems else f"dry run: {len(problems)} problem(s)")
@@ -243,9 +249,12 @@ def real_run(check: Check, say: Callable[[str], None] = print) -> int:
     sys.path[:0] = [str(ROOT), str(site)]
     info, note = _preflight(check.python, env, work / "preflight.log",
                             allotment(0, steps, check.elapsed(), check.budget))
+    if not info:
+        say(f"preflight failed, nothing measured: {note}")
+        return 2
     if check.need_cuda and not info.get("cuda_available"):
-        say(f"no CUDA device here ({note or 'torch sees none'}): run `benchmarks/gpu-check.sh --dry-run` "
-            "on a machine without a GPU")
+        say("no CUDA device here (torch sees none): run `benchmarks/gpu-check.sh --dry-run` on a machine "
+            "without a GPU")
         return 2
     results_dir = check.out_root / slug(info.get("device_name"))
     check_dir = results_dir / "gpu-check"

@@ -208,7 +208,7 @@ def probe(hidden: list[str], out_root: str, suites: Iterable[str]) -> int:
     import pkgutil
 
     hide(hidden)
-    report: dict[str, Any] = {"hidden": sorted(hidden), "problems": []}
+    report: dict[str, Any] = {"hidden": sorted(hidden), "problems": [], "validated": [], "skipped_methods": []}
     for package in ("optimizers", "swanbench"):
         pkg = importlib.import_module(package)
         for info in pkgutil.walk_packages(pkg.__path__, package + "."):
@@ -228,11 +228,36 @@ def probe(hidden: list[str], out_root: str, suites: Iterable[str]) -> int:
     for suite in suites:
         result = CliRunner().invoke(app, ["run", str(ROOT / suite), "--dry-run", "--out",
                                           str(Path(out_root) / Path(suite).stem)])
-        if result.exit_code != 0:
+        if result.exit_code == 0:
+            report["validated"].append(suite)
+            report["skipped_methods"] += _kernel_methods_skipped(ROOT / suite, report["problems"])
+        else:
             error = f"{type(result.exception).__name__}: {result.exception}" if result.exception else ""
             report["problems"].append(f"swanbench run {suite} --dry-run: exit {result.exit_code}: "
                                       f"{' '.join(str(result.output).split())[-300:]} {error}".strip())
     print(json.dumps(report))
     return 0
+
+
+def _kernel_methods_skipped(path: Path, problems: list[str]) -> list[str]:
+    """A kernels suite's methods whose operator lacks one of their keywords (their rows will be skipped);
+    a method whose operator is missing altogether is a problem (the suite would stop before timing)."""
+    from swanbench.kernels import load_kernel_suite_file, missing_keywords, resolve_callable
+    from swanbench.suite import load_suite
+
+    if load_suite(path, check_names=False).kind != "kernels":
+        return []
+    skipped = []
+    for method in load_kernel_suite_file(path).methods:
+        try:
+            reason = missing_keywords(method)
+            if reason is None:
+                resolve_callable(method)
+        except Exception as exc:  # noqa: BLE001 - SuiteError for a missing operator, or anything else
+            problems.append(f"{path.name}: {method.key}: {exc}")
+            continue
+        if reason:
+            skipped.append(method.key)
+    return skipped
 
 

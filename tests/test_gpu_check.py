@@ -43,7 +43,7 @@ def test_the_dry_run_is_ready(dry_run_output):
     assert out.startswith("GPU check plan (budget 480 s")  # the plan comes first
     total = next(line for line in out.splitlines() if line.strip().startswith("total ") and "of 480 s" in line)
     assert int(total.split()[1]) <= 480
-    assert "both suites validated by swanbench run --dry-run" in out
+    assert "validated by swanbench run --dry-run: suites/gpu-quick.toml, suites/gpu-kernels.toml" in out
     hidden = out.split("probe (hidden: ")[1].split(")")[0].split(", ")
     assert set(hidden) == MISSING_ON_GPU  # the suites were validated without them
 
