@@ -325,7 +325,8 @@ def _preflight(python: str, env: dict, log: Path, limit_s: float) -> tuple[dict,
     """`swanbench env --json` in a fresh process (this tree, the wheels): the device and the versions."""
     log.parent.mkdir(parents=True, exist_ok=True)
     out = log.with_suffix(".json")
-    code = f"import json; from swanbench import env; open({str(out)!r}, 'w').write(json.dumps(env.collect(), default=str))"
+    code = (f"import json; from swanbench import env; "
+            f"open({str(out)!r}, 'w').write(json.dumps(env.collect(), default=str))")
     status, rc = run_command([python, "-c", code], log, limit_s, env)
     try:
         return json.loads(out.read_text()), status

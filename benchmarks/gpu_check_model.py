@@ -79,8 +79,8 @@ def kernel_time_problems(suite_path: Path, budget_s: float) -> list[str]:
     if suite.max_total_seconds is None:
         return [f"{_label(suite_path)}: kernels.max_total_seconds is needed (the check's step has {budget_s:g} s)"]
     if suite.max_total_seconds + KERNEL_SUITE_OVERHEAD_S > budget_s:
-        return [f"{_label(suite_path)}: max_total_seconds {suite.max_total_seconds:g} + {KERNEL_SUITE_OVERHEAD_S:g} s of "
-                f"overhead > the {budget_s:g} s its step has"]
+        return [f"{_label(suite_path)}: max_total_seconds {suite.max_total_seconds:g} + "
+                f"{KERNEL_SUITE_OVERHEAD_S:g} s of overhead > the {budget_s:g} s its step has"]
     return []
 
 

@@ -154,7 +154,8 @@ def train_summary_lines(runs_csv: Path) -> list[str]:
 
 def summary_markdown(device_name: str, results: list[StepResult], results_dir: Path, check_dir: Path,
                      command: str) -> str:
-    lines = [f"# GPU check on {device_name}", "", f"Command: `{command}`  ", f"Written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+    lines = [f"# GPU check on {device_name}", "", f"Command: `{command}`  ",
+             f"Written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
              "", "| step | status | seconds | allotted s | note |", "|---|---|---|---|---|"]
     lines += [f"| {r.name} | {r.status} | {r.seconds:.1f} | {r.allotted_s:.0f} | {r.note} |" for r in results]
     counts = pytest_counts(check_dir / "pytest-gpu.xml")

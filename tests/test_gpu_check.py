@@ -239,3 +239,25 @@ def test_the_real_run_on_cpu_writes_one_archive_of_every_step(write_suite, tiny_
     assert (tmp_path / "results" / device / "gpu-check" / "command.txt").read_text().startswith("gpu-check (CPU test)")
     summary = (tmp_path / "out" / "gpu-check-summary.md").read_text()
     assert "tests: 0 failed, 0 errors" in summary and "| nano | adamw | ok |" in summary
+
+
+def test_the_summary_counts_the_estimate_error_and_the_tests(tmp_path):
+    runs = tmp_path / "runs.csv"
+    gib = 2**30
+    runs.write_text("model,optimizer,status,peak_allocated_bytes,unexplained_bytes,estimate_bytes\n"
+                    f"1b,adamw,ok,{100 * gib},{3 * gib},{97 * gib}\n"      # estimate 3% low: within 5%
+                    f"1b,swan,ok,{100 * gib},{-8 * gib},{108 * gib}\n"     # 8% high: outside
+                    "1b,sgd,oom,,,\n")                                     # no measurement: not judged
+    lines = gr.train_summary_lines(runs)
+    assert "| 1b | adamw | ok | 100.00 | 97.00 | -3.0% |" in lines[2]
+    assert "| 1b | swan | ok | 100.00 | 108.00 | +8.0% |" in lines[3]
+    assert lines[-1].startswith("Estimate within 5% of max_memory_allocated (the target) in 1 of 2 runs")
+    junit = tmp_path / "pytest-gpu.xml"
+    junit.write_text('<testsuites><testsuite tests="3" failures="1" errors="0" skipped="1">'
+                     '<testcase classname="tests.test_a" name="test_ok"/>'
+                     '<testcase classname="tests.test_a" name="test_bad"><failure message="x"/></testcase>'
+                     '<testcase classname="tests.test_a" name="test_skip"><skipped/></testcase>'
+                     '</testsuite></testsuites>')
+    assert gr.pytest_counts(junit) == {"tests": 3, "failures": 1, "errors": 0, "skipped": 1,
+                                       "failed": ["tests.test_a::test_bad"]}
+    assert gr.pytest_counts(tmp_path / "missing.xml") == {}

@@ -1,1 +1,2 @@
-"""The embedded corpus, data only: `enwiki-sample.jsonl.xz` (read by `swanbench.data`) and its attribution (README.md)."""
+"""The embedded corpus, data only: `enwiki-sample.jsonl.xz` (read by `swanbench.data`) and its attribution
+(README.md)."""

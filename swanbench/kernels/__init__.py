@@ -46,6 +46,7 @@ from swanbench.kernels.summary import MODEL_COLUMNS, model_summary
 
 __all__ = [
     "load_kernel_suite", "load_kernel_suite_file", "run_kernel_suite", "KernelSuite", "SkipRule", "METHODS",
-    "Method", "resolve_callable", "missing_keywords", "model_summary", "MODEL_COLUMNS", "MACHINE_FILE", "MODELS_FILE", "ENV_FILE",
+    "Method", "resolve_callable", "missing_keywords", "model_summary", "MODEL_COLUMNS", "MACHINE_FILE",
+    "MODELS_FILE", "ENV_FILE",
     "HEADLINE_FILE",
 ]
