@@ -351,6 +351,13 @@ def _fresh(results_dir: Path, names: Iterable[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_probe"]:  # internal: the dry run's probe, in a fresh process
+        inner = argparse.ArgumentParser(prog="gpu_check.py _probe")
+        inner.add_argument("--hide", default="")
+        inner.add_argument("--out-root", type=Path, required=True)
+        args = inner.parse_args(argv[1:])
+        return probe([h for h in args.hide.split(",") if h], str(args.out_root), (TRAIN_SUITE, KERNEL_SUITE))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="plan, packages, suites; run nothing on a GPU")
     parser.add_argument("--out-root", type=Path, default=ROOT / "results",
@@ -359,13 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the archive goes (default: $OUT if set, else /tmp/swanbench-gpu-check)")
     parser.add_argument("--budget-s", type=int, default=TOTAL_BUDGET_S, help="the whole check's time (s)")
     parser.add_argument("--python", default=sys.executable, help="the Python the steps run with")
-    sub = parser.add_subparsers(dest="internal")
-    inner = sub.add_parser("_probe", help=argparse.SUPPRESS)
-    inner.add_argument("--hide", default="")
-    inner.add_argument("--out-root", dest="probe_out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.internal == "_probe":
-        return probe([h for h in args.hide.split(",") if h], str(args.probe_out), (TRAIN_SUITE, KERNEL_SUITE))
     if args.dry_run:
         import tempfile
 
