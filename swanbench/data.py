@@ -2,10 +2,12 @@
 
 Sources (`[data] source` in a suite):
 
-- "embedded": the English Wikipedia sample that gensim ships as test data
-  (`gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2`:
-  206 pages of which 105 are articles with text; Wikipedia text is CC BY-SA 3.0 / GFDL). Markup is stripped
-  with gensim's `filter_wiki`; redirects and pages under 500 characters are dropped.
+- "embedded": 105 English Wikipedia articles shipped with the package as plain text
+  (`swanbench/corpus/enwiki-sample.jsonl.xz`, one JSON object {"title", "text"} per line, 0.9 MB; Wikipedia
+  text is CC BY-SA 3.0 / GFDL, attribution in `swanbench/corpus/README.md`). It was made once from the sample
+  gensim ships as test data (`gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-
+  shortened.bz2`, 206 pages) by `build_embedded_corpus`: markup stripped with gensim's `filter_wiki`,
+  redirects and pages under 500 characters dropped. Loading it needs no gensim; only rebuilding it does.
 - "file": a local `.txt` (documents separated by blank lines) or `.jsonl` (one JSON object per line, text
   in `text_field`) file.
 - "c4": allenai/c4 `en` streamed with `datasets` (shuffle seed 42, as in the GaLore protocol) and a hub
@@ -28,6 +30,7 @@ import bz2
 import functools
 import hashlib
 import json
+import lzma
 import os
 import re
 from dataclasses import dataclass
@@ -39,7 +42,10 @@ import numpy as np
 from swanbench.suite import DataSpec, default_bpe_vocab
 
 EOT = "<|endoftext|>"
-EMBEDDED_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+EMBEDDED_DIR = Path(__file__).resolve().parent / "corpus"
+EMBEDDED_FILE = "enwiki-sample.jsonl.xz"
+# The Wikipedia dump inside gensim's test data that the embedded corpus was made from (rebuilding only).
+GENSIM_WIKI_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 MIN_PAGE_CHARS = 500
 # Bump when the cleaning or tokenisation changes, so stale caches are never reused.
 PIPELINE_VERSION = 1
@@ -62,11 +68,47 @@ class Document:
 
 
 def embedded_corpus_path() -> Path:
-    import gensim
-
-    path = Path(gensim.__file__).parent / "test" / "test_data" / EMBEDDED_FILE
+    """The shipped embedded corpus (`swanbench/corpus/enwiki-sample.jsonl.xz`)."""
+    path = EMBEDDED_DIR / EMBEDDED_FILE
     if not path.is_file():
-        raise DataError(f"the embedded corpus {EMBEDDED_FILE} is missing from the installed gensim ({path})")
+        raise DataError(f"the embedded corpus is missing from this swanbench install ({path})")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def embedded_corpus_bytes() -> bytes:
+    """The embedded corpus as UTF-8 JSON lines (3.1 MB decompressed; cached for the process)."""
+    try:
+        return lzma.decompress(embedded_corpus_path().read_bytes())
+    except lzma.LZMAError as exc:
+        raise DataError(f"{embedded_corpus_path()}: corrupt ({exc})") from None
+
+
+@functools.lru_cache(maxsize=1)
+def embedded_documents() -> tuple[Document, ...]:
+    """The embedded Wikipedia sample as documents (title, plain text), in the dump's page order."""
+    docs = []
+    # split on "\n" only: JSON escapes it inside strings, but not every character str.splitlines() splits on
+    for lineno, line in enumerate(embedded_corpus_bytes().decode("utf-8").rstrip("\n").split("\n"), 1):
+        try:
+            obj = json.loads(line)
+            docs.append(Document(obj["title"], obj["text"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{embedded_corpus_path()}:{lineno}: not a {{\"title\", \"text\"}} object") from None
+    return tuple(docs)
+
+
+# ---------------------------------------------------------------- rebuilding the embedded corpus (gensim)
+
+def gensim_wiki_dump_path() -> Path:
+    """gensim's test-data Wikipedia dump, the source of the embedded corpus (needs gensim installed)."""
+    try:
+        import gensim
+    except ImportError:
+        raise DataError("rebuilding the embedded corpus needs gensim: pip install 'swanbench[corpus]'") from None
+    path = Path(gensim.__file__).parent / "test" / "test_data" / GENSIM_WIKI_DUMP
+    if not path.is_file():
+        raise DataError(f"{GENSIM_WIKI_DUMP} is missing from the installed gensim ({path})")
     return path
 
 
@@ -80,16 +122,15 @@ def clean_wiki(markup: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-@functools.lru_cache(maxsize=1)
-def embedded_documents() -> tuple[Document, ...]:
-    """The embedded Wikipedia sample as documents (redirects and stubs under 500 characters dropped).
+def wiki_dump_documents(path: str | Path) -> tuple[Document, ...]:
+    """Articles of a Wikipedia XML dump (.bz2) as documents: redirects and pages under 500 characters dropped.
 
-    Parsing takes about 2.5 s; cached for the process (documents are immutable).
+    Uses gensim's page extraction and markup filter (about 2.5 s for gensim's sample).
     """
     from gensim.corpora.wikicorpus import extract_pages
 
     docs = []
-    with bz2.open(embedded_corpus_path(), "rb") as fh:
+    with bz2.open(path, "rb") as fh:
         for title, markup, _pageid in extract_pages(fh):
             if markup.lstrip().lower().startswith("#redirect"):
                 continue
@@ -97,6 +138,20 @@ def embedded_documents() -> tuple[Document, ...]:
             if len(text) >= MIN_PAGE_CHARS:
                 docs.append(Document(title, text))
     return tuple(docs)
+
+
+def documents_jsonl(docs: Sequence[Document]) -> bytes:
+    """Documents as the embedded corpus's JSON lines ({"title", "text"}, UTF-8, one per line)."""
+    return "".join(json.dumps({"title": d.key, "text": d.text}, ensure_ascii=False) + "\n" for d in docs).encode()
+
+
+def build_embedded_corpus(out: str | Path | None = None) -> Path:
+    """Rebuild `swanbench/corpus/enwiki-sample.jsonl.xz` from gensim's dump (a maintainer's step; needs gensim)."""
+    out = Path(out) if out is not None else EMBEDDED_DIR / EMBEDDED_FILE
+    blob = documents_jsonl(wiki_dump_documents(gensim_wiki_dump_path()))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(lzma.compress(blob, preset=9 | lzma.PRESET_EXTREME))
+    return out
 
 
 def file_documents(path: str | Path, text_field: str = "text") -> list[Document]:
@@ -303,8 +358,10 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
 def corpus_key(spec: DataSpec) -> str:
     """A short hash of the corpus bytes, the split and the pipeline version (the cache key)."""
     h = hashlib.sha256(f"v{PIPELINE_VERSION}:{spec.source}:{spec.val_percent}:{spec.text_field}".encode())
-    path = embedded_corpus_path() if spec.source == "embedded" else Path(spec.path)
-    with open(path, "rb") as fh:
+    if spec.source == "embedded":  # the documents themselves, whatever compressor stored them
+        h.update(embedded_corpus_bytes())
+        return f"{spec.source}-{h.hexdigest()[:12]}"
+    with open(spec.path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return f"{spec.source}-{h.hexdigest()[:12]}"

@@ -79,6 +79,24 @@ def device_info(device: str | None = None) -> dict[str, Any]:
     return info
 
 
+def precision_settings() -> dict[str, Any]:
+    """Whether fp32 matmuls and convolutions may run in TF32 in this process (imports torch).
+
+    SWAN's fp32 whitening is a chain of fp32 matmuls: on an H100/H200 it runs about 7x faster when TF32 is
+    allowed, so a step time means nothing without this. `float32_matmul_precision` is torch's setting
+    ("highest": true fp32, "high": TF32 allowed, "medium": bf16 allowed); the `*_fp32_precision` values
+    are the newer per-backend form (torch >= 2.9; None where it does not exist).
+    """
+    import torch
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    return {"cuda_matmul_allow_tf32": bool(matmul.allow_tf32),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cudnn_allow_tf32": bool(cudnn.allow_tf32),
+            "cuda_matmul_fp32_precision": getattr(matmul, "fp32_precision", None),
+            "cudnn_fp32_precision": getattr(cudnn, "fp32_precision", None)}
+
+
 def _total_ram() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -102,6 +120,7 @@ def collect(device: str | None = None) -> dict[str, Any]:
     }
     env.update({f"{name.replace('-', '_')}_version": package_version(name) for name in PACKAGES})
     env.update(device_info(device))
+    env.update(precision_settings())
     # Whether SinkGD's SR-Sinkhorn and SWAN's GradNorm run the C kernels or the torch fallback changes their
     # step time on CPU: say which (loading them here is a dlopen of the cached build, or a ~0.3 s compile).
     env["native_kernels"] = _native_kernels(env.get("device") or device)

@@ -23,13 +23,14 @@ def swanbench_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def text_corpus(tmp_path_factory) -> Path:
-    """A small local .txt corpus of real English news (gensim's Lee corpus, 120 documents, ~90 kB)."""
-    import gensim
+    """A small local .txt corpus of real English text: 120 paragraphs of at least 300 characters (~100 kB)
+    from the embedded Wikipedia sample, one per blank-line-separated document (no gensim needed)."""
+    from swanbench.data import embedded_documents
 
-    source = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
-    docs = [line.strip() for line in source.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    path = tmp_path_factory.mktemp("corpus") / "news.txt"
-    path.write_text("\n\n".join(docs[:120]) + "\n", encoding="utf-8")
+    paragraphs = (" ".join(p.split()) for d in embedded_documents() for p in d.text.split("\n\n"))
+    docs = [p for p in paragraphs if len(p) >= 300][:120]
+    path = tmp_path_factory.mktemp("corpus") / "wiki.txt"
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     return path
 
 

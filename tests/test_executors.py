@@ -17,6 +17,7 @@ from swanbench.suite import Cell
 
 
 def test_local_executor_runs_a_suite_end_to_end_then_resumes(write_suite, tiny_suite_text, tmp_path):
+    pytest.importorskip("submitit")  # the `cluster` extra (installed with `test`)
     # two runs, two jobs (about 20 s each on 2 busy cores)
     suite = write_suite(tiny_suite_text.replace('optimizer = ["adamw"]', 'optimizer = ["adamw", "sgd"]'))
     out = tmp_path / "out"
@@ -81,6 +82,7 @@ def fake_srun(tmp_path, monkeypatch) -> Path:
 
 
 def test_slurm_options_are_checked_before_anything_runs(fake_srun, tmp_path):
+    pytest.importorskip("submitit")
     dispatcher = executors.make_dispatcher("slurm", tmp_path, ["partition=gpu", "account=ml"])
     dispatcher.check([_cell(world_size=2, parallelism="ddp")])  # valid: no error
     bad = executors.make_dispatcher("slurm", tmp_path, ["partitoin=gpu"])
@@ -89,6 +91,7 @@ def test_slurm_options_are_checked_before_anything_runs(fake_srun, tmp_path):
 
 
 def test_executor_mistakes_are_one_line(write_suite, tiny_suite_text, tmp_path, monkeypatch):
+    pytest.importorskip("submitit")  # without it, --executor slurm fails earlier (the test below)
     suite = str(write_suite(tiny_suite_text))
     runner = CliRunner()
     cases = [
@@ -122,3 +125,19 @@ def test_a_lost_job_is_recorded_as_crashed(write_suite, tiny_suite_text, tmp_pat
     row = pd.read_csv(planned.run_dir / "run.csv").iloc[0]
     assert row["status"] == "crashed" and "NODE_FAIL" in row["error"] and row["optimizer"] == "adamw"
     assert not runner.plan(suite, tmp_path)[0].skip
+
+
+def test_executors_without_submitit_say_which_extra(write_suite, tiny_suite_text, tmp_path, monkeypatch):
+    """submitit is optional: without it, --executor local/slurm is one line naming the extra; nothing runs."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "submitit" else real_find_spec(name, *a, **k))
+    suite = str(write_suite(tiny_suite_text))
+    for kind in ("local", "slurm"):
+        result = CliRunner().invoke(app, ["run", suite, "--out", str(tmp_path / "x"), "--executor", kind])
+        assert result.exit_code == 2, result.output
+        assert f"--executor {kind} needs the package submitit" in result.output
+        assert "swanbench[cluster]" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x" / "runs.csv").exists()

@@ -39,13 +39,14 @@ Suite layout (see suites/whitening.toml)::
     [[kernels.skip]]  operator = "whiten_exact"  model = ["3b", "7b"]  reason = "..."
 """
 
-from swanbench.kernels.operators import METHODS, Method, resolve_callable
+from swanbench.kernels.operators import METHODS, Method, missing_keywords, resolve_callable
 from swanbench.kernels.run import ENV_FILE, HEADLINE_FILE, MACHINE_FILE, MODELS_FILE, run_kernel_suite
 from swanbench.kernels.suite import KernelSuite, SkipRule, load_kernel_suite, load_kernel_suite_file
 from swanbench.kernels.summary import MODEL_COLUMNS, model_summary
 
 __all__ = [
     "load_kernel_suite", "load_kernel_suite_file", "run_kernel_suite", "KernelSuite", "SkipRule", "METHODS",
-    "Method", "resolve_callable", "model_summary", "MODEL_COLUMNS", "MACHINE_FILE", "MODELS_FILE", "ENV_FILE",
+    "Method", "resolve_callable", "missing_keywords", "model_summary", "MODEL_COLUMNS", "MACHINE_FILE",
+    "MODELS_FILE", "ENV_FILE",
     "HEADLINE_FILE",
 ]

@@ -182,11 +182,33 @@ def matmul_row(measure: str, n: int, dtype: str, samples: list[float]) -> dict:
             "flops": flops, "tflops": _tflops(flops, min(samples)), "bytes": None, "gbps": None}
 
 
+TF32 = "tf32"  # a compute precision, not a tensor dtype: fp32 tensors, matmuls in TF32 where the GPU has it
+
+
+@contextlib.contextmanager
+def matmul_precision(compute: str) -> Iterator[None]:
+    """fp32 matmuls in TF32 inside (compute "tf32"; torch's float32 matmul precision "high"), else unchanged."""
+    if compute != TF32:
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def time_matmul(n: int, dtype: str, device: str, repeats: int, square_of_input: bool = False) -> list[float]:
-    """ms of `repeats` n x n matmuls in `dtype` (a @ b, or a @ a with `square_of_input`), after one warm-up."""
-    a = torch.randn(n, n, device=device).to(getattr(torch, dtype))
-    b = a if square_of_input else torch.randn(n, n, device=device).to(getattr(torch, dtype))
-    return repeat_ms(lambda x: x @ b, a, device, repeats, 1)
+    """ms of `repeats` n x n matmuls in `dtype` (a @ b, or a @ a with `square_of_input`), after one warm-up.
+
+    dtype "tf32": fp32 tensors with TF32 matmuls allowed (the rate TF32 whitening is compared with).
+    """
+    tensor_dtype = torch.float32 if dtype == TF32 else getattr(torch, dtype)
+    a = torch.randn(n, n, device=device).to(tensor_dtype)
+    b = a if square_of_input else torch.randn(n, n, device=device).to(tensor_dtype)
+    with matmul_precision(dtype):
+        return repeat_ms(lambda x: x @ b, a, device, repeats, 1)
 
 
 def _copy_row(copy_mib: int, device: str, repeats: int) -> dict:
@@ -203,15 +225,16 @@ def _copy_row(copy_mib: int, device: str, repeats: int) -> dict:
 
 
 def measure_limits(device: str, dtypes: Iterable[str], sizes: Iterable[int], copy_mib: int,
-                   repeats: int = 7) -> MachineLimits:
-    """Square matmul rate per dtype and copy bandwidth of a copy_mib buffer.
+                   repeats: int = 7, computes: Iterable[str] = ()) -> MachineLimits:
+    """Square matmul rate per dtype (and per extra compute precision, e.g. "tf32") and copy bandwidth of a
+    copy_mib buffer.
 
     A limit is the best the machine can do, so it is computed from the fastest of `repeats` calls
     (ms_min) and the best size: on a shared machine a median would fold other users' load into the
     yardstick. The median is kept in the row beside it.
     """
     limits = MachineLimits()
-    for dtype in dict.fromkeys(["float32", *dtypes]):
+    for dtype in dict.fromkeys(["float32", *dtypes, *computes]):
         for n in sizes:
             row = matmul_row("matmul", n, dtype, time_matmul(n, dtype, device, repeats))
             limits.rows.append(row)

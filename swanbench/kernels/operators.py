@@ -26,8 +26,9 @@ class Method:
 
     `source` names what runs ("optimizers.functional.<name>" for the real operators,
     "optimizers.variants.<name>" for benchmark-only baselines) and `kwargs` what it is called with.
-    `compute` is the precision the arithmetic runs in ("input" = the input's dtype), which picks the
-    matmul rate a compute-bound row is compared with. `bound` is "compute" (compared with the matmul
+    `compute` is the precision the arithmetic runs in ("input" = the input's dtype; "tf32" = fp32 tensors
+    whose matmuls run in TF32 on GPUs that have it), which picks the matmul rate a compute-bound row is
+    compared with. `bound` is "compute" (compared with the matmul
     rate), "memory" (compared with the copy bandwidth) or "solver" (eigh: neither).
     `reference` names the float64 result its output is compared with: "polar" (exact whitening
     (G G^T)^{+1/2} G), "grad_norm" or "sr_sinkhorn" (see `optimizers.reference`).
@@ -73,6 +74,16 @@ def _sinkhorn(iters: int) -> Callable[[int, int], int]:
     return lambda r, c: cm.sr_sinkhorn_flops(r, c, iters)
 
 
+def _whiten_precision(beta: float, steps: int, precision: str) -> Method:
+    """SWAN's whitening with its products in `precision` ("tf32" or "bf16"; fp32 norms and output):
+    `optimizers.functional.grad_whiten(g, steps, beta, precision=...)`. Where that function does not take
+    `precision` yet, the rows are skipped with that reason (`missing_keywords`)."""
+    compute = {"tf32": "tf32", "bf16": "bfloat16"}[precision]
+    return _m("grad_whiten", f"ns-b{beta:g}-k{steps}-{precision}", f"{FUNCTIONAL}.grad_whiten",
+              {"steps": steps, "beta": beta, "precision": precision}, steps, compute, "compute", "polar",
+              _ns(steps), _ns_executed(steps))
+
+
 def _sinkhorn_method(name: str, iters: int, method: str, native: bool = False) -> Method:
     """An SR-Sinkhorn row: `optimizers.functional.sr_sinkhorn(g, iters, method=...)`, memory-bound."""
     return _m("sr_sinkhorn", name, f"{FUNCTIONAL}.sr_sinkhorn", {"iters": iters, "method": method}, iters,
@@ -90,8 +101,12 @@ _ALL = [
        "compute", "polar", _ns(10), _ns_executed(10)),
     _m("grad_whiten", "ns-b0.5-k6-literal", f"{VARIANTS}.newton_schulz_literal", {"steps": 6, "beta": 0.5}, 6,
        "float32", "compute", "polar", _ns(6)),
-    _m("grad_whiten", "ns-b0.5-k6-bf16", f"{VARIANTS}.newton_schulz_bf16", {"steps": 6, "beta": 0.5}, 6,
+    _m("grad_whiten", "ns-b0.5-k6-bf16-variant", f"{VARIANTS}.newton_schulz_bf16", {"steps": 6, "beta": 0.5}, 6,
        "bfloat16", "compute", "polar", _ns(6), _ns_executed(6)),
+    _whiten_precision(0.5, 6, "tf32"),
+    _whiten_precision(0.5, 6, "bf16"),
+    _whiten_precision(0.8, 10, "tf32"),
+    _whiten_precision(0.8, 10, "bf16"),
     _m("grad_whiten", "nsds-b0.4-k2", f"{FUNCTIONAL}.grad_whiten", {"steps": 2, "beta": 0.4, "method": "diag"},
        2, "float32", "compute", "polar", lambda r, c: cm.newton_schulz_diag_flops(r, c, 2)),
     _m("whiten_exact", "eigh-f64", f"{FUNCTIONAL}.whiten_exact", {}, None, "float64", "solver", "polar",
@@ -130,6 +145,24 @@ def _source(method: Method) -> Callable:
     if found is None:
         raise SuiteError(f"{method.key}: {method.source} does not exist (is optimizers.functional up to date?)")
     return found
+
+
+def missing_keywords(method: Method) -> str | None:
+    """Why `method` cannot run with this optimizers package: keyword arguments its function does not take
+    (a method added ahead of its operator's option, e.g. `precision`), else None. Imports the operator."""
+    import inspect
+
+    try:
+        params = inspect.signature(_source(method)).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: let the call decide
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    missing = [k for k, _ in method.kwargs if k not in params]
+    if not missing:
+        return None
+    return (f"{method.source} does not take {', '.join(k + '=' for k in missing)} in this optimizers package "
+            f"(method {method.key} needs it)")
 
 
 def resolve_callable(method: Method) -> Callable:

@@ -19,7 +19,7 @@ from swanbench.kernels.cases import Case, Shape, ordered_work, skip_reason
 from swanbench.kernels.inputs import ReferenceCache, make_input
 from swanbench.kernels.measure import (MACHINE_COLUMNS, MachineLimits, finalize_peaks, machine_rows, matmul_row,
                                        measure_limits, time_matmul)
-from swanbench.kernels.operators import resolve_callable
+from swanbench.kernels.operators import missing_keywords, resolve_callable
 from swanbench.schema import MACHINE_FILE, MODELS_FILE
 from swanbench.kernels.rows import RunContext, budget_reason, native_reason, run_case, skipped_row
 from swanbench.kernels.suite import KernelSuite
@@ -68,14 +68,18 @@ def run_kernel_suite(suite: KernelSuite, out_dir: Path, console=None) -> Path:
 
 
 def _check_operators_exist(suite: KernelSuite) -> None:
-    """Fail before any timing if an operator the suite names is missing from optimizers."""
+    """Fail before any timing if an operator the suite names is missing from optimizers (a method whose
+    operator lacks one of its keywords is skipped instead, with the reason in its rows)."""
     for method in suite.methods:
-        resolve_callable(method)
+        if missing_keywords(method) is None:
+            resolve_callable(method)
 
 
 def _measure_machine(suite: KernelSuite, device: str, device_name: str | None, say: Say) -> MachineLimits:
     say(f"[bold]{suite.name}[/]: measuring {device_name} limits (matmul, copy)")
-    limits = measure_limits(device, suite.dtypes, suite.matmul_sizes, suite.copy_mib)
+    # Compute precisions other than the input dtypes (TF32, a bf16 variant of fp32 input) get their own rate.
+    computes = [m.compute for m in suite.methods if m.bound == "compute" and m.compute != "input"]
+    limits = measure_limits(device, suite.dtypes, suite.matmul_sizes, suite.copy_mib, computes=computes)
     for dtype, rate in limits.matmul_tflops.items():
         say(f"  matmul {dtype}: {rate:.3f} TFLOP/s")
     say(f"  copy: {limits.copy_gbps:.1f} GB/s")
@@ -87,8 +91,10 @@ def _measure_machine(suite: KernelSuite, device: str, device_name: str | None, s
 # --------------------------------------------------------------------------------------------------
 
 def _reason(ctx: RunContext, case: Case) -> str | None:
-    """Why a case is not run before any time is spent on it: a skip rule, no native kernels, hopeless."""
-    return skip_reason(ctx.suite, case) or native_reason(ctx, case) or budget_reason(ctx, case)
+    """Why a case is not run before any time is spent on it: a skip rule, no native kernels, an operator
+    without the method's keyword, hopeless."""
+    return (skip_reason(ctx.suite, case) or native_reason(ctx, case) or missing_keywords(case.method)
+            or budget_reason(ctx, case))
 
 
 def _run_shape(ctx: RunContext, shape: Shape, cases: list[Case], rows: list[dict], say: Say) -> None:

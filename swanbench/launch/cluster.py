@@ -117,6 +117,7 @@ class SubmititDispatcher:
             raise ExecutorError(f"unknown submitit executor {self.kind!r} (known: local, slurm)")
         if self.kind == "local" and self.options:
             raise ExecutorError("--slurm options need --executor slurm")
+        _require_submitit(self.kind)
 
     def _executor(self, cell: Any):
         import submitit
@@ -201,6 +202,15 @@ def _result(job: Any, p: Any) -> str:
             return status
         message = " ".join(str(exc).split())[-1500:]
         return rundir.record_failure(Path(p.run_dir), schema.CRASHED, f"job {job.job_id} failed: {message}")
+
+
+def _require_submitit(kind: str) -> None:
+    """submitit is optional at install (the `cluster` extra): say so in one line before anything runs."""
+    import importlib.util
+
+    if importlib.util.find_spec("submitit") is None:
+        raise ExecutorError(f"--executor {kind} needs the package submitit: pip install 'swanbench[cluster]' "
+                            "(or run without --executor: worker processes on this machine)")
 
 
 def make_dispatcher(kind: str, out_dir: Path, cluster_options: Sequence[str] = ()) -> SubmititDispatcher | None:

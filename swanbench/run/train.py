@@ -18,6 +18,7 @@ Conventions (also in the README):
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import time
@@ -50,12 +51,33 @@ class TrainOutcome:
     curve: list[dict[str, Any]] = field(default_factory=list)
 
 
+# Allocation failures torch raises as a plain RuntimeError (or torch.AcceleratorError, a subclass) rather
+# than torch.OutOfMemoryError: the CUDA runtime's own "CUDA error: out of memory" (memory taken outside the
+# caching allocator: a context, a kernel's launch), cuBLAS/cuDNN/cuSOLVER/cuSPARSE handles and workspaces
+# ("CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", "cuDNN error:
+# CUDNN_STATUS_ALLOC_FAILED"), and the CPU allocator ("DefaultCPUAllocator: can't allocate memory").
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "_status_alloc_failed")
+
+
 def is_oom(exc: BaseException) -> bool:
-    """CUDA OOM, a CPU allocator failure, MemoryError, or our own budget check."""
+    """CUDA OOM (the caching allocator's, the CUDA runtime's, or a cuBLAS/cuDNN allocation failure), a CPU
+    allocator failure, MemoryError, or our own budget check; also when one of these caused `exc`."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if _is_oom_here(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _is_oom_here(exc: BaseException) -> bool:
     if isinstance(exc, (MemoryBudgetExceeded, MemoryError, torch.OutOfMemoryError)):
         return True
+    if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+        return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    return isinstance(exc, RuntimeError) and any(marker in text for marker in OOM_MESSAGES)
 
 
 def is_nonfinite_gradient(exc: BaseException) -> bool:
