@@ -314,3 +314,16 @@ def test_analyze_keeps_an_lr_sweep_apart_and_uses_the_best_baseline():
     assert row["baseline"] == "adamw lr=0.02"  # the better AdamW setting is the bar
     assert row["final_loss_verdict"] == "swan better" and row["sooner_verdict"] == "sooner"
     assert quality.config_labels(runs.drop(columns=["optimizer_hparams"])).tolist() == runs["optimizer"].tolist()
+
+
+def test_a_suite_of_the_baseline_alone_publishes_without_verdicts(write_suite, tiny_suite_text, tmp_path):
+    """Only the baseline ran: there is nothing to decide, so no verdicts.csv; the report is still written."""
+    from swanbench import runner
+    from swanbench.suite import load_suite
+
+    out = tmp_path / "out"
+    outcome = runner.run_suite(load_suite(write_suite(tiny_suite_text)), out, progress=False)
+    assert set(outcome.statuses.values()) == {"ok"}
+    assert not (out / "verdicts.csv").exists()
+    text = (out / "report.md").read_text()
+    assert "## Runs" in text and "## Verdicts" not in text

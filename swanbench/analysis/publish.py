@@ -45,6 +45,9 @@ def write_analysis(results_dir: Path, baseline: str | None = None) -> dict[str, 
     written = {}
     for name, file in (("summary", SUMMARY_FILE), ("verdicts", VERDICTS_FILE)):
         frame = result[name]
+        if frame.empty:  # nothing to decide (only the baseline ran): no table, and no stale one left behind
+            (results_dir / file).unlink(missing_ok=True)
+            continue
         rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
         written[name] = write_rows_atomic(results_dir / file, rows, list(frame.columns))
     return written
