@@ -62,9 +62,14 @@ class Document:
 
 
 def embedded_corpus_path() -> Path:
-    import gensim
+    """The corpus file inside the installed gensim, found without importing gensim: that import (scipy.stats
+    with it) takes seconds, and a run whose tokens are cached needs only this path's hash."""
+    import importlib.util
 
-    path = Path(gensim.__file__).parent / "test" / "test_data" / EMBEDDED_FILE
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the embedded corpus needs gensim installed (pip install gensim)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data" / EMBEDDED_FILE
     if not path.is_file():
         raise DataError(f"the embedded corpus {EMBEDDED_FILE} is missing from the installed gensim ({path})")
     return path

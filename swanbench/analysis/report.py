@@ -32,6 +32,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from swanbench import __version__, schema
+from swanbench.analysis import noise
 from swanbench.analysis.results import (
     ALWAYS_AXES, FIGURES_DIR, MACHINE_FILE, MIB, OK, Results, axis_label, baseline_hint, baseline_of,
     bytes_unit, canonical_name, cell_axes, group_keys, load_results, numeric, optimizer_order, outcome_text,
@@ -154,6 +155,20 @@ def fmt_diff(value: float) -> str:
     return f"{value:+,.0f} %" if abs(value) >= 1000 else f"{value:+.1f} %"
 
 
+# Below these a baseline's value is measurement resolution, and a percentage against it means nothing
+# (a 12-byte transient against 110 kB is "+921,633 %"): bytes under one 4 KiB page, times under 10 µs.
+RESOLUTION = {"bytes": 4096.0, "ms": 0.01}
+
+
+def diff_cell(kind: str, mean: float, base: float) -> str:
+    """Diff % against the baseline's mean, or why there is none (a baseline below resolution)."""
+    floor = RESOLUTION.get(kind)
+    if floor is not None and math.isfinite(base) and math.isfinite(mean) and abs(base) < floor:
+        shown = fmt_bytes(base) if kind == "bytes" else f"{fmt_number(base)} ms"
+        return f"n/a: baseline below resolution ({shown})"
+    return fmt_diff(diff_percent(mean, base))
+
+
 def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A GitHub markdown table; `|` inside cells is escaped."""
     def line(cells: Sequence[str]) -> str:
@@ -207,10 +222,14 @@ def measure_section(runs: pd.DataFrame, measure: Measure, axes: Sequence[str], o
     # A per-run spread (IQR over the timed steps of one run) shows beside the spread over seeds.
     iqr = iqr_column(runs, measure.column)
     iqrs = summarise(runs, iqr, axes, optimizers) if iqr[runs["status"] == OK].notna().any() else None
-    rows = []
+    rows, reasons = [], []
     for i, s in enumerate(summaries):
         base = base_means.get(s.key, math.nan)
-        diff = "baseline" if s.optimizer == baseline else fmt_diff(diff_percent(s.mean, base))
+        diff = "baseline" if s.optimizer == baseline else diff_cell(measure.kind, s.mean, base)
+        verdict = _noise(runs, measure.column, axes, s, baseline) if s.optimizer != baseline else None
+        if verdict is not None and verdict.noisy and s.n:
+            diff = "too noisy to judge"
+            reasons.append(f"{', '.join(map(str, s.key))}, {s.optimizer}: {verdict.reason}")
         spread = "–" if not math.isfinite(s.spread) else fmt_number(s.spread / scale)
         cells = [axis_label(a, v) if a not in ALWAYS_AXES else str(v) for a, v in zip(axes, s.key)]
         extra = [fmt_number(iqrs[i].mean / scale) if iqrs[i].n else "n/a"] if iqrs else []
@@ -220,7 +239,17 @@ def measure_section(runs: pd.DataFrame, measure: Measure, axes: Sequence[str], o
     header = [*axes, "optimizer", "n", f"mean{unit_text}", f"spread{unit_text}", *iqr_header,
               f"Diff % vs {baseline}"]
     note = f": {measure.note}" if measure.note else ""
-    return f"### {measure.title}{unit_text}\n\n`{measure.column}`{note}\n\n{md_table(header, rows)}\n"
+    withheld = "".join(f"\n- {r}" for r in reasons)
+    withheld = f"\nDiff % withheld where the runs' own spread hides it (as `swanbench check` judges):{withheld}\n" \
+        if reasons else ""
+    return f"### {measure.title}{unit_text}\n\n`{measure.column}`{note}\n\n{md_table(header, rows)}\n{withheld}"
+
+
+def _noise(runs: pd.DataFrame, column: str, axes: Sequence[str], s: Summary, baseline: str):
+    """The gate's noise judgement of this summary's runs against the baseline's in the same cell."""
+    cell = select(runs, axes, s.key)
+    return noise.judge(column, cell[cell["optimizer"] == s.optimizer], cell[cell["optimizer"] == baseline],
+                       s.optimizer, baseline)
 
 
 GLANCE = (("final_eval_ppl", "final ppl"), ("peak", "peak memory"), ("optimizer_state_bytes", "optimizer state"),
@@ -244,8 +273,8 @@ def fmt_bytes(value: float) -> str:
     """`85.3 MiB`, `3.91 GiB`: byte counts with their own unit (1024-based), for mixed-size tables."""
     if not math.isfinite(value):
         return "n/a"
-    if value == 0:
-        return "0 B"
+    if abs(value) < 1024:
+        return f"{value:.0f} B"
     scale, unit = bytes_unit(abs(value))
     return f"{fmt_number(value / scale)} {unit}"
 
@@ -262,28 +291,36 @@ def glance_section(runs: pd.DataFrame, axes: Sequence[str], optimizers: Sequence
         if not values[runs["status"] == OK].notna().any():
             continue
         is_bytes = column == "peak" or column.endswith("_bytes")
-        columns.append((title, is_bytes, summarise(runs, values, axes, optimizers)))
+        columns.append((column, title, is_bytes, summarise(runs, values, axes, optimizers)))
     if not columns:
         return ""
-    rows = []
-    for i, first in enumerate(columns[0][2]):
+    rows, noisy = [], False
+    for i, first in enumerate(columns[0][3]):
         cells = [str(v) if a in ALWAYS_AXES else axis_label(a, v) for a, v in zip(axes, first.key)]
-        rows.append([*cells, first.optimizer, n_text(first),
-                     *(_glance_cell(summaries, i, is_bytes, baseline) for _, is_bytes, summaries in columns)])
-    header = [*axes, "optimizer", "n", *(title for title, _, _ in columns)]
+        glance = [_glance_cell(runs, axes, column, summaries, i, is_bytes, baseline)
+                  for column, _, is_bytes, summaries in columns]
+        noisy |= any(g.endswith("(too noisy)") for g in glance)
+        rows.append([*cells, first.optimizer, n_text(first), *glance])
+    header = [*axes, "optimizer", "n", *(title for _, title, _, _ in columns)]
     peak_note = f" Peak memory is, per device, {'; '.join(notes)}." if notes else ""
-    return (f"### At a glance\n\nMean over ok seeds, (Diff % vs {baseline}) in brackets.{peak_note}\n\n"
-            + md_table(header, rows) + "\n")
+    noisy_note = (" \"(too noisy)\": the runs' own spread hides the difference (the times' sections below say "
+                  "by how much)." if noisy else "")
+    return (f"### At a glance\n\nMean over ok seeds, (Diff % vs {baseline}) in brackets.{peak_note}{noisy_note}"
+            "\n\n" + md_table(header, rows) + "\n")
 
 
-def _glance_cell(summaries: list[Summary], i: int, is_bytes: bool, baseline: str) -> str:
+def _glance_cell(runs: pd.DataFrame, axes: Sequence[str], column: str, summaries: list[Summary], i: int,
+                 is_bytes: bool, baseline: str) -> str:
     s = summaries[i]
     if s.n_ok == 0 or s.n == 0:
         return mean_text(s, 1.0)
     text = fmt_bytes(s.mean) if is_bytes else fmt_number(s.mean)
     if s.optimizer != baseline:
         base = next((b.mean for b in summaries if b.key == s.key and b.optimizer == baseline), math.nan)
-        text += f" ({fmt_diff(diff_percent(s.mean, base))})"
+        verdict = _noise(runs, column, axes, s, baseline)
+        diff = "too noisy" if verdict is not None and verdict.noisy else diff_cell(
+            "bytes" if is_bytes else "plain", s.mean, base)
+        text += f" ({diff})"
     return text
 
 
@@ -475,14 +512,12 @@ def build_report(results: Results, baseline: str | None = None, command: str | N
               if (results.results_dir / f).is_file()]
     parts = [f"# swanbench report: {title}\n",
              f"Results `{results.results_dir}`, report written {stamp} by swanbench {__version__} from the "
-             f"tables alone ({', '.join(tables)}; no log is read).\n",
+             f"tables alone ({', '.join(tables)}; no log is read). The environment is at the end.\n",
              "## Command\n",
-             f"```bash\n{command}\n```\n" if command else "Not recorded (no command.txt, no command in env.json).\n",
-             "## Environment\n", environment_section(results, envs)]
+             f"```bash\n{command}\n```\n" if command else "Not recorded (no command.txt, no command in env.json).\n"]
     parts += [f"> Note: {n}\n" for n in results.notes]
     if runs is not None and len(runs):
-        parts += _runs_parts(runs, baseline)
-        parts += _verdict_parts(results.results_dir)
+        parts += _runs_parts(runs, baseline, _verdict_parts(results.results_dir, runs))
     elif runs is not None:
         parts += ["## Runs\n", "runs.csv has no rows: no run has finished yet.\n"]
     if results.kernels is not None and len(results.kernels):
@@ -495,14 +530,20 @@ def build_report(results: Results, baseline: str | None = None, command: str | N
     figures = figures_section(results.results_dir)
     if figures:
         parts += ["## Figures\n", figures]
+    parts += ["## Environment\n", environment_section(results, envs)]
     return "\n".join(parts)
 
 
-def _runs_parts(runs: pd.DataFrame, baseline: str) -> list[str]:
+def _runs_parts(runs: pd.DataFrame, baseline: str, verdicts: list[str]) -> list[str]:
     axes = cell_axes(runs)
     resolved = resolve_baseline(runs, baseline)
     optimizers = optimizer_order(runs["optimizer"].unique(), canonical_name(baseline))
-    parts = ["## Runs\n", runs_section(runs, axes), f"## Key figures per cell (baseline: {baseline})\n"]
+    parts = ["## Runs\n", runs_section(runs, axes)]
+    load = noise.load_note(runs)
+    if load:
+        parts.append(f"The machine while the runs measured: {load}.\n")
+    parts += verdicts
+    parts.append(f"## Key figures per cell (baseline: {baseline})\n")
     if resolved is None:
         parts.append(f"> Baseline {baseline!r} is not in these results{baseline_hint(runs, baseline)}: "
                      "Diff % is n/a.\n")
@@ -519,7 +560,7 @@ def _runs_parts(runs: pd.DataFrame, baseline: str) -> list[str]:
     return parts
 
 
-def _verdict_parts(results_dir: Path) -> list[str]:
+def _verdict_parts(results_dir: Path, runs: pd.DataFrame | None = None) -> list[str]:
     """The verdicts table, when swanbench.analysis.quality has written verdicts.csv beside the tables."""
     path = Path(results_dir) / VERDICTS_FILE
     if not path.is_file():
@@ -529,7 +570,23 @@ def _verdict_parts(results_dir: Path) -> list[str]:
         return []
     return ["## Verdicts (verdicts.csv)\n",
             "Written by `swanbench.analysis.quality` from the same tables: paired by seed against the baseline.\n",
-            verdicts_section(verdicts)]
+            verdicts_section(verdicts), *undecided_hint(verdicts, runs)]
+
+
+def undecided_hint(verdicts: pd.DataFrame, runs: pd.DataFrame | None) -> list[str]:
+    """Where a verdict is inconclusive because one seed cannot decide: the command that can."""
+    seeds = pd.to_numeric(verdicts.get("n_seeds", pd.Series(dtype=float)), errors="coerce")
+    texts = verdicts.reindex(columns=["final_loss_verdict", "sooner_verdict"]).astype(str)
+    inconclusive = texts.apply(lambda col: col.str.contains("inconclusive")).any(axis=1)
+    if not (inconclusive & (seeds < 2)).any():
+        return []
+    suite = ""
+    if runs is not None and "suite" in runs.columns and runs["suite"].nunique() == 1:
+        suite = str(runs["suite"].iloc[0])
+    run = f"swanbench run {suite} --set 'matrix.seed=[0,1,2]'" if suite else "swanbench run SUITE --set 'matrix.seed=[0,1,2]'"
+    return [f"One seed cannot decide a verdict (the rule needs every seed to agree and an interval, so at least "
+            f"two seeds; three are the practical minimum). Rerun with three seeds: `{run}` (the finished seed 0 is "
+            f"kept), or run the shipped `swanbench run token-efficiency` (nano, 3 seeds, each optimizer's tuned lr).\n"]
 
 
 def write_report(results_dir: Path, baseline: str | None = None, command: str | None = None) -> Path:
