@@ -28,6 +28,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("check", "swanbench.commands.check:check"),
     ("plot", "swanbench.commands.plot:plot"),
     ("report", "swanbench.commands.report:report"),
+    ("compare", "swanbench.commands.compare:compare"),
     ("estimate", "swanbench.commands.estimate:estimate"),
     ("fit", "swanbench.commands.fit:fit"),
 ]

@@ -27,14 +27,16 @@ import shlex
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import pandas as pd
 
 from swanbench import __version__, schema
 from swanbench.analysis import noise
+from swanbench.analysis.kernel_summary import PLAUSIBLE_FRACTION, kernel_summary_parts, kernels_section, machine_section
+from swanbench.analysis.markdown import cell_text, fmt_bytes, fmt_number, intish, md_table
 from swanbench.analysis.results import (
-    ALWAYS_AXES, FIGURES_DIR, MACHINE_FILE, MIB, OK, Results, axis_label, baseline_hint, baseline_of,
+    ALWAYS_AXES, FIGURES_DIR, MACHINE_FILE, OK, Results, axis_label, baseline_hint, baseline_of,
     bytes_unit, canonical_name, cell_axes, group_keys, load_results, numeric, optimizer_order, outcome_text,
     peak_column, read_envs, resolve_baseline, select, status_text, with_targets,
 )
@@ -140,15 +142,6 @@ REPORT_COLUMNS = (
 MEASURES = tuple(measure(c) for c in REPORT_COLUMNS)
 
 
-def fmt_number(value: float) -> str:
-    """3 significant digits, thousands separators for large numbers; NaN as n/a."""
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    text = f"{value:.3g}"
-    # 999.7 rounds to "1e+03" in 3 significant digits: large numbers are written out instead.
-    return f"{value:,.0f}" if abs(value) >= 1000 or "e+" in text else text
-
-
 def fmt_diff(value: float) -> str:
     if not math.isfinite(value):
         return "n/a"
@@ -167,16 +160,6 @@ def diff_cell(kind: str, mean: float, base: float) -> str:
         shown = fmt_bytes(base) if kind == "bytes" else f"{fmt_number(base)} ms"
         return f"n/a: baseline below resolution ({shown})"
     return fmt_diff(diff_percent(mean, base))
-
-
-def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A GitHub markdown table; `|` inside cells is escaped."""
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    lines = [line(header), line(["---"] * len(header))]
-    lines += [line(r) for r in rows]
-    return "\n".join(lines)
 
 
 def _unit(measure: Measure, values: pd.Series) -> tuple[float, str]:
@@ -267,16 +250,6 @@ def peak_per_device(runs: pd.DataFrame) -> tuple[pd.Series, dict[str, str]]:
             values.loc[rows.index] = numeric(rows, peak[0])
             sources[device] = peak[1]
     return values, sources
-
-
-def fmt_bytes(value: float) -> str:
-    """`85.3 MiB`, `3.91 GiB`: byte counts with their own unit (1024-based), for mixed-size tables."""
-    if not math.isfinite(value):
-        return "n/a"
-    if abs(value) < 1024:
-        return f"{value:.0f} B"
-    scale, unit = bytes_unit(abs(value))
-    return f"{fmt_number(value / scale)} {unit}"
 
 
 def glance_section(runs: pd.DataFrame, axes: Sequence[str], optimizers: Sequence[str], baseline: str) -> str:
@@ -405,23 +378,6 @@ def fmt_seed(seed: object) -> str:
     return "?" if pd.isna(seed) else str(int(float(seed)))
 
 
-def kernels_section(kernels: pd.DataFrame) -> str:
-    """The operator micro-benchmarks, one row each, machine reference rows (matmul, copy) first."""
-    frame = kernels.copy()
-    frame["_machine"] = frame.get("operator", pd.Series("", index=frame.index)).isin(["matmul", "copy"])
-    order = [c for c in ("_machine", "operator", "method", "dtype", "rows", "cols") if c in frame.columns]
-    frame = frame.sort_values(order, ascending=[c != "_machine" for c in order], key=_sortable)
-    columns = [("operator", str), ("method", str), ("device", str), ("dtype", str), ("compile", str),
-               ("batch", _intish), ("rows", _intish), ("cols", _intish), ("status", str),
-               ("ms_median", fmt_number), ("ms_iqr", fmt_number), ("tflops", fmt_number),
-               ("frac_of_matmul_peak", fmt_number), ("gbps", fmt_number), ("frac_of_bandwidth", fmt_number),
-               ("peak_bytes", _mib), ("rel_error", _sci), ("skip_reason", str)]
-    present = [(c, f) for c, f in columns if c in frame.columns and frame[c].notna().any()]
-    rows = [[_cell_text(r[c], f) for c, f in present] for _, r in frame.iterrows()]
-    header = [("peak_bytes [MiB]" if c == "peak_bytes" else c) for c, _ in present]
-    return md_table(header, rows) + "\n"
-
-
 def verdicts_section(verdicts: pd.DataFrame) -> str:
     """verdicts.csv (swanbench.analysis.quality): per optimizer, does it beat the baseline, and does it get there sooner?"""
     def interval(row: pd.Series, mean: str, low: str, high: str) -> str:
@@ -436,7 +392,7 @@ def verdicts_section(verdicts: pd.DataFrame) -> str:
         keys.append("config")  # only when a config differs from its optimizer's name (an hparam sweep)
     rows = []
     for _, r in verdicts.iterrows():
-        reached = (f"{_cell_text(r.get('n_reached'), _intish)}/{_cell_text(r.get('n_seeds'), _intish)}"
+        reached = (f"{cell_text(r.get('n_reached'), intish)}/{cell_text(r.get('n_seeds'), intish)}"
                    if "n_reached" in verdicts.columns else "n/a")
         rows.append([*(str(r[c]) for c in keys), str(r.get("optimizer")), str(r.get("baseline", "")),
                      interval(r, "final_loss_diff", "final_loss_diff_ci_low", "final_loss_diff_ci_high"),
@@ -448,40 +404,6 @@ def verdicts_section(verdicts: pd.DataFrame) -> str:
     rules = [f"- {r}" for c in ("final_loss_rule", "sooner_rule") if c in verdicts.columns
              for r in verdicts[c].dropna().unique()]
     return md_table(header, rows) + "\n" + ("\nRules:\n\n" + "\n".join(rules) + "\n" if rules else "")
-
-
-def machine_section(machine: pd.DataFrame) -> str:
-    """machine.csv: the matmul rate per dtype and size and the copy bandwidth, measured in the same run."""
-    columns = [("measure", str), ("device", str), ("dtype", str), ("size", _intish), ("ms_median", fmt_number),
-               ("tflops", fmt_number), ("gbps", fmt_number)]
-    present = [(c, f) for c, f in columns if c in machine.columns and machine[c].notna().any()]
-    rows = [[_cell_text(r[c], f) for c, f in present] for _, r in machine.iterrows()]
-    return md_table([c for c, _ in present], rows) + "\n"
-
-
-def _sortable(column: pd.Series) -> pd.Series:
-    return column if column.dtype != object else column.astype(str)
-
-
-def _cell_text(value: object, fmt) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    try:
-        return fmt(float(value)) if fmt is not str else str(value)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def _intish(value: float) -> str:
-    return str(int(value))
-
-
-def _mib(value: float) -> str:
-    return fmt_number(value / MIB)
-
-
-def _sci(value: float) -> str:
-    return f"{value:.2e}"
 
 
 FIGURE_ORDER = ("memory", "time", "kernels", "perplexity", "pareto")
@@ -521,9 +443,11 @@ def build_report(results: Results, baseline: str | None = None, command: str | N
     elif runs is not None:
         parts += ["## Runs\n", "runs.csv has no rows: no run has finished yet.\n"]
     if results.kernels is not None and len(results.kernels):
-        parts += ["## Operator micro-benchmarks (kernels.csv)\n",
+        parts += ["## Operator micro-benchmarks (kernels.csv)\n", *kernel_summary_parts(results),
+                  "### Every case\n",
                   "Median (and IQR) over the timed calls after warm-up; `frac_of_*` compare the achieved rate "
-                  "with the machine's limits measured in the same run.\n"]
+                  "with the machine's limits measured in the same run (n/a where that limit was measured at too "
+                  f"small a size to compare with: above {PLAUSIBLE_FRACTION:.0%} of it).\n"]
         if results.machine is not None and len(results.machine):
             parts += ["### Machine limits (machine.csv)\n", machine_section(results.machine)]
         parts += [kernels_section(results.kernels)]
