@@ -5,7 +5,7 @@ result sets made on different machines (the CPU set, an H100 set, an H200 set un
 `swanbench compare A B ...` reads them, checks that they ask the same question (`comparability`: the same
 suite, cells in common; what differs besides the device is said, and cells only some sets ran are listed),
 and writes a comparison: `compare.md` (every common cell and optimizer, each measure per device, with the
-ratio to the first set) and `figures/compare.png` (the measures as bars coloured by device, one group per
+ratio to the first set) and `figures/compare.png` (`swanbench.analysis.figures.compare`: the measures as bars coloured by device, one group per
 optimizer; times too noisy to judge are greyed, as `swanbench check` judges them), with each device's own
 limits beside it (device memory and cores or threads from env.json; the matmul rate and copy bandwidth from
 a kernel suite's `machine.csv` when the set holds one).
@@ -173,10 +173,10 @@ def device_limits(s: ResultSet) -> list[str]:
             lines.append(f"memory {float(memory.split(',')[0]) / GIB:.1f} GiB")
         except ValueError:
             pass
-    for column, text in (("cpu_count", "cores"), ("torch_threads", "torch threads")):
+    for column, text in (("cpu_count", "core"), ("torch_threads", "torch thread")):
         value = s.first(column)
         if value:
-            lines.append(f"{value} {text}")
+            lines.append(f"{value} {text}{'' if value == '1' else 's'}")
     machine = s.results.machine
     if machine is not None and "measure" in machine.columns:
         for (measure, dtype), group in machine.groupby(["measure", "dtype"], sort=True):
@@ -199,25 +199,35 @@ def cell_columns(frame: pd.DataFrame) -> list[str]:
         [a for a in ("model",) if a in frame.columns]
 
 
+def with_byte_unit(frame: pd.DataFrame) -> tuple:
+    """MEASURES with the peak memory in GiB, MiB or KiB, whichever suits the largest peak."""
+    from swanbench.analysis.results import bytes_unit
+
+    top = numeric(frame, "peak").max()
+    scale, unit = bytes_unit(top if math.isfinite(top) else 0.0)
+    return tuple((c, t, scale, unit) if c == "peak" else (c, t, s, u) for c, t, s, u in MEASURES)
+
+
 def comparison_table(frame: pd.DataFrame, machines: list[str], baseline: str) -> pd.DataFrame:
     """Per (cell, optimizer, measure): the mean over ok seeds on each device, and the ratio to the first."""
     cells = cell_columns(frame)
     rows = []
     order = optimizer_order(frame["optimizer"].unique(), baseline)
+    measures = with_byte_unit(frame)
     for key, group in frame.groupby(cells, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         for opt in order:
             mine = group[group["optimizer"] == opt]
             if mine.empty:
                 continue
-            for column, title, scale, unit in MEASURES:
+            for column, title, scale, unit in measures:
                 means = [numeric(mine[mine["machine"] == m], column).mean() / scale for m in machines]
                 if not any(math.isfinite(v) for v in means):
                     continue
                 row = dict(zip(cells, key), optimizer=opt, measure=f"{title}{f' [{unit}]' if unit else ''}")
                 row.update({m: v for m, v in zip(machines, means)})
                 for m, v in zip(machines[1:], means[1:]):
-                    row[f"{m} / {machines[0]}"] = v / means[0] if means[0] and math.isfinite(v) else math.nan
+                    row[f"{m} ÷ first"] = v / means[0] if means[0] and math.isfinite(v) else math.nan
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -240,11 +250,10 @@ def render_markdown(comparison: Comparison, table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare(paths: Sequence[Path], out_dir: Path, formats: Sequence[str] = ("png", "svg"),
-            baseline: str | None = None) -> tuple[Comparison, list[Path]]:
-    """Check, tabulate and draw the comparison of several result sets into `out_dir`."""
-    from swanbench.analysis.figures.compare import plot_compare
-    from swanbench.analysis.figures import save_figure
+def compare(paths: Sequence[Path], out_dir: Path, baseline: str | None = None
+            ) -> tuple[Comparison, pd.DataFrame, str, Path]:
+    """Check and tabulate the comparison of several result sets: (comparison, the combined runs, the
+    baseline, compare.md written into `out_dir`). `swanbench.analysis.figures.compare.draw_compare` draws it."""
     from swanbench.analysis.results import baseline_of
 
     sets = load_sets(paths)
@@ -253,9 +262,7 @@ def compare(paths: Sequence[Path], out_dir: Path, formats: Sequence[str] = ("png
     base = canonical_name(baseline_of(sets[0].runs, baseline))
     table = comparison_table(frame, [s.label for s in sets], base)
     out_dir = Path(out_dir)
-    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
-    written = [out_dir / COMPARE_FILE]
-    written[0].write_text(render_markdown(comparison, table))
-    fig = plot_compare(frame, comparison, base)
-    written += save_figure(fig, out_dir / "figures", "compare", formats)
-    return comparison, written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / COMPARE_FILE
+    path.write_text(render_markdown(comparison, table))
+    return comparison, frame, base, path

@@ -22,11 +22,13 @@ def compare(
     """Check the sets ask the same question, say what differs, and draw the measures coloured by device."""
     from swanbench.analysis.compare import CompareError, compare as run_compare, load_sets
     from swanbench.analysis.figures import check_formats
+    from swanbench.analysis.figures.compare import draw_compare
 
     try:
         formats_ = check_formats(formats or ("png", "svg"))
         target = out or Path("results") / "compare" / (load_sets(results)[0].first("suite") or "suite")
-        comparison, written = run_compare(results, target, formats_, baseline)
+        comparison, frame, base, table = run_compare(results, target, baseline)
+        written = [table, *draw_compare(frame, comparison, base, target, formats_)]
     except (CompareError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -9,23 +9,35 @@ baseline's on the same device is drawn faint (the rule of `swanbench check`).
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from swanbench.analysis import noise
+from swanbench.analysis.compare import DEVICE_COLORS, Comparison, cell_columns, device_limits, with_byte_unit
 from swanbench.analysis.figures.common import optimizer_colors
 from swanbench.analysis.results import canonical_name, numeric, optimizer_order
 
 
-def plot_compare(frame: pd.DataFrame, comparison, baseline: str) -> Figure:
+def draw_compare(frame: pd.DataFrame, comparison: Comparison, baseline: str, out_dir: Path,
+                 formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """Draw the comparison into `out_dir/figures/compare.<format>`; returns the paths."""
+    from swanbench.analysis.figures import save_figure
+
+    folder = Path(out_dir) / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_figure(plot_compare(frame, comparison, baseline), folder, "compare", formats)
+
+
+def plot_compare(frame: pd.DataFrame, comparison: Comparison, baseline: str) -> Figure:
     """The comparison figure of `swanbench.analysis.compare.combined` runs."""
-    from swanbench.analysis.compare import DEVICE_COLORS, MEASURES, cell_columns, device_limits
 
     machines = [s.label for s in comparison.sets]
     colors = {m: DEVICE_COLORS[i % len(DEVICE_COLORS)] for i, m in enumerate(machines)}
-    measures = [m for m in MEASURES if numeric(frame, m[0]).notna().any()]
+    measures = [m for m in with_byte_unit(frame) if numeric(frame, m[0]).notna().any()]
     cells = cell_columns(frame)
     keys = sorted(frame[cells].astype(str).drop_duplicates().itertuples(index=False, name=None))
     optimizers = optimizer_order(frame["optimizer"].unique(), baseline)
