@@ -21,6 +21,9 @@ MACHINE_OPERATORS = ("matmul", "copy")
 # Above this fraction of the measured matmul rate (or faster than this many times one copy) the limit itself
 # was not measured meaningfully.
 PLAUSIBLE_FRACTION = 1.5
+# A case whose calls spread wider than their median (IQR / median above 1, as in the regression gate's
+# "too noisy to judge") is flagged: its ratio is the machine's load as much as the operator's.
+NOISY_IQR = 1.0
 LIMIT_NOT_MEANINGFUL = "n/a: the machine's limit was measured at too small a size to compare with"
 
 
@@ -143,8 +146,10 @@ def best_method(rows: pd.DataFrame, limits: pd.DataFrame) -> tuple[str | None, s
         text = ""
     else:
         text = f"{lo:.0%}-{hi:.0%} {unit}"
-    size = f"\nfrom {_short(cut)} elements up" if text else ""
-    return label, f"{text}{size}"
+    size = f"\nfrom {short_count(cut)} elements up" if text else ""
+    spread = (numeric(mine, "ms_iqr") / numeric(mine, "ms_median"))[mine["_size"] >= cut].max()
+    noisy = f"\nnoisy: IQR/median up to {spread:.1f}" if math.isfinite(spread) and spread > NOISY_IQR else ""
+    return label, f"{text}{size}{noisy}"
 
 
 def plausible(lo: float, hi: float, unit: str) -> bool:
@@ -174,12 +179,17 @@ def summary(kernels: pd.DataFrame, machine: pd.DataFrame) -> pd.DataFrame:
                      "best method": label.split("[", 1)[1].rstrip("]") if "[" in label else label,
                      "largest shape": f"{int(largest['rows'])}x{int(largest['cols'])}",
                      "ms there": float(largest["ms_median"]),
-                     "against the machine's limit": headline.replace("\n", " "),
+                     "against the machine's limit": _one_line(headline),
                      "methods": int(group["_label"].nunique())})
     return pd.DataFrame(rows)
 
 
-def _short(n: float) -> str:
+def _one_line(headline: str) -> str:
+    """The figure's multi-line headline as one table cell: `64%-79% of ... up; noisy: ...`."""
+    return headline.replace("\nnoisy", "; noisy").replace("\n", " ").strip()
+
+
+def short_count(n: float) -> str:
     """2801664 -> `2.8M`, 65536 -> `66k`."""
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else f"{n:.0f}"
 

@@ -43,7 +43,10 @@ def write_analysis(results_dir: Path, baseline: str | None = None) -> dict[str, 
 
 
 def write_quality(out_dir: Path, baseline: str | None = None) -> dict[str, Path]:
-    """summary.csv and verdicts.csv, when the baseline has runs to compare with (else nothing: no target)."""
+    """summary.csv and verdicts.csv, when the baseline has runs to compare with (else nothing: no target;
+    a kernel suite has no runs.csv at all)."""
+    if not (Path(out_dir) / RUNS_FILE).is_file():
+        return {}
     runs = read_table(Path(out_dir) / RUNS_FILE, required=["optimizer"])
     if resolve_baseline(runs, baseline_of(runs, baseline)) is None:
         return {}
