@@ -93,13 +93,19 @@ def kernel_rows(kernels: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def bound_of(rows: pd.DataFrame) -> str:
-    """"compute", "memory" or "other": the `bound` column, else whichever limit the rows come closer to."""
+def bound_of(rows: pd.DataFrame, limits: pd.DataFrame | None = None) -> str:
+    """"compute", "memory" or "other": the `bound` column, else whichever measured limit the rows come
+    closer to (their median rate as a fraction of the best matmul, and of the copy bandwidth)."""
     if "bound" in rows.columns and rows["bound"].notna().any():
         return str(rows["bound"].dropna().iloc[0])
-    compute = numeric(rows, "tflops").notna().any()
-    memory = numeric(rows, "gbps").notna().any()
-    return "compute" if compute and not memory else "memory" if memory else "other"
+    fractions = {}
+    for bound, measure, column in (("compute", "matmul", "tflops"), ("memory", "copy", "gbps")):
+        best = numeric(limits[limits["measure"].astype(str) == measure], column).max() if limits is not None \
+            else math.nan
+        rate = numeric(rows, column).median()
+        if math.isfinite(best) and best > 0 and math.isfinite(rate):
+            fractions[bound] = rate / best
+    return max(fractions, key=fractions.get) if fractions else "other"
 
 
 def limit_ratio(rows: pd.DataFrame, limits: pd.DataFrame, bound: str) -> tuple[pd.Series, str]:
@@ -126,7 +132,7 @@ def limit_ratio(rows: pd.DataFrame, limits: pd.DataFrame, bound: str) -> tuple[p
 def best_method(rows: pd.DataFrame, limits: pd.DataFrame) -> tuple[str | None, str]:
     """The label of the method nearest the machine's limit (median over its sizes) and its headline:
     the range of that ratio over the larger half of the sizes measured (small ones are call overhead)."""
-    bound = bound_of(rows)
+    bound = bound_of(rows, limits)
     ratio, unit = limit_ratio(rows, limits, bound)
     frame = rows.assign(_ratio=ratio).dropna(subset=["_ratio"])
     if frame.empty:
