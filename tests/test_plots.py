@@ -193,7 +193,8 @@ def test_kernels_figure_one_panel_per_operator_with_the_best_method_and_limits(t
 
     fig = plot_kernels(_context(write_synthetic(tmp_path)))
     # Two operators x two input dtypes: four small log-log panels of time against size.
-    assert len(fig.axes) == 4 and {ax.get_xscale() for ax in fig.axes} == {ax.get_yscale() for ax in fig.axes} == {"log"}
+    assert len(fig.axes) == 4
+    assert {ax.get_xscale() for ax in fig.axes} == {ax.get_yscale() for ax in fig.axes} == {"log"}
     assert sorted(ax.get_title() for ax in fig.axes) == [
         "grad_whiten · bfloat16 input", "grad_whiten · float32 input", "sr_sinkhorn · bfloat16 input",
         "sr_sinkhorn · float32 input"]

@@ -5,10 +5,10 @@ result sets made on different machines (the CPU set, an H100 set, an H200 set un
 `swanbench compare A B ...` reads them, checks that they ask the same question (`comparability`: the same
 suite, cells in common; what differs besides the device is said, and cells only some sets ran are listed),
 and writes a comparison: `compare.md` (every common cell and optimizer, each measure per device, with the
-ratio to the first set) and `figures/compare.png` (`swanbench.analysis.figures.compare`: the measures as bars coloured by device, one group per
-optimizer; times too noisy to judge are greyed, as `swanbench check` judges them), with each device's own
-limits beside it (device memory and cores or threads from env.json; the matmul rate and copy bandwidth from
-a kernel suite's `machine.csv` when the set holds one).
+ratio to the first set) and `figures/compare.png` (`swanbench.analysis.figures.compare`: the measures as
+bars coloured by device, one group per optimizer; times too noisy to judge are greyed, as `swanbench check`
+judges them), with each device's own limits beside it (device memory and cores or threads from env.json;
+the matmul rate and copy bandwidth from a kernel suite's `machine.csv` when the set holds one).
 
 A device is named by its `device_name`, plus what else tells two sets apart where the names are equal
 (torch threads, then the directory), so two CPU sets made with 1 and 2 threads compare as two devices.

@@ -507,7 +507,7 @@ def undecided_hint(verdicts: pd.DataFrame, runs: pd.DataFrame | None) -> list[st
     suite = ""
     if runs is not None and "suite" in runs.columns and runs["suite"].nunique() == 1:
         suite = str(runs["suite"].iloc[0])
-    run = f"swanbench run {suite} --set 'matrix.seed=[0,1,2]'" if suite else "swanbench run SUITE --set 'matrix.seed=[0,1,2]'"
+    run = f"swanbench run {suite or 'SUITE'} --set 'matrix.seed=[0,1,2]'"
     return [f"One seed cannot decide a verdict (the rule needs every seed to agree and an interval, so at least "
             f"two seeds; three are the practical minimum). Rerun with three seeds: `{run}` (the finished seed 0 is "
             f"kept), or run the shipped `swanbench run token-efficiency` (nano, 3 seeds, each optimizer's tuned lr).\n"]
