@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -50,8 +51,9 @@ def plot_time(ctx: Context) -> Figure:
                              label=f"greyed: too noisy to judge vs {ctx.baseline}\n(the rule of swanbench check)"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2), fontsize=8)
     load = noise.load_note(runs)
+    width = int(11 * fig.get_figwidth())  # characters that fit the figure at this font size
     fig.suptitle("Step time split (medians per run, mean over ok seeds)"
-                 + (f"\nmachine while measuring: {load}" if load else ""), fontsize=9)
+                 + (f"\n{textwrap.fill(f'machine while measuring: {load}', width)}" if load else ""), fontsize=9)
     return fig
 
 
