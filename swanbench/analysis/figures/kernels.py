@@ -4,12 +4,14 @@ the machine's measured limits highlighted with its headline ratio."""
 from __future__ import annotations
 
 import math
+import textwrap
 
 import pandas as pd
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
-from swanbench.analysis.figures.common import FALLBACK_CMAPS, METHOD_MARKERS, OPERATOR_CMAPS, Context, SkipFigure
+from swanbench.analysis.figures.common import (FALLBACK_CMAPS, METHOD_MARKERS, MIN_WIDTH, OPERATOR_CMAPS, Context,
+                                               SkipFigure)
 from swanbench.analysis.kernel_summary import best_method, kernel_rows, machine_limits, short_count
 from swanbench.analysis.results import numeric
 
@@ -51,7 +53,7 @@ def plot_kernels(ctx: Context) -> Figure:
     skipped = skip_reasons(kernels)
     operators = sorted(set(work["operator"].astype(str)) | {op for op, _ in skipped})
     dtypes = sorted(set(work["dtype"]) | {dt for _, dt in skipped}, key=lambda d: (d != "float32", d))
-    fig = Figure(figsize=(3.3 * len(operators) + 0.6, 2.9 * len(dtypes) + 1.3), layout="constrained")
+    fig = Figure(figsize=(max(3.3 * len(operators) + 0.6, MIN_WIDTH), 2.9 * len(dtypes) + 1.5), layout="constrained")
     axes = fig.subplots(len(dtypes), len(operators), squeeze=False, sharex=True)
     styles = operator_styles(work)
     for r, dtype in enumerate(dtypes):
@@ -63,8 +65,10 @@ def plot_kernels(ctx: Context) -> Figure:
         axes[r, 0].set_ylabel("time per call (median) [ms]", fontsize=8)
     for c in range(len(operators)):
         axes[-1, c].set_xlabel("matrix size m·n [elements]", fontsize=8)
-    fig.suptitle("Operator time against matrix size (log-log), one matrix per call; bold: the method closest to "
-                 "the machine's limit, with its ratio\n" + limits_text(machine), fontsize=9)
+    width = int(11 * fig.get_figwidth())  # characters that fit the figure at this font size
+    title = ("Operator time against matrix size (log-log), one matrix per call; bold: the method closest to the "
+             "machine's limit, with its ratio")
+    fig.suptitle("\n".join(textwrap.fill(t, width) for t in (title, limits_text(machine))), fontsize=9)
     return fig
 
 
@@ -91,8 +95,6 @@ def skip_reasons(kernels: pd.DataFrame) -> dict[tuple[str, str], str]:
 def _operator_panel(ax, rows: pd.DataFrame, limits: pd.DataFrame, styles: dict[str, tuple[tuple, str]],
                     skipped: str | None = None) -> None:
     if rows.empty:
-        import textwrap
-
         text = "not measured" + (f":\n{textwrap.fill(skipped, 34)}" if skipped else "")
         ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="#666666", fontsize=7)
         ax.set_yticks([])
