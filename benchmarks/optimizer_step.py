@@ -142,7 +142,7 @@ def whitening_targets(repeats: int) -> list[str]:
 
     Each measurement is paired with its yardstick measured right before it (an s x s fp32 matmul for
     whitening, a copy of the same matrix for SR-Sinkhorn), so a drifting machine load cancels in the ratio.
-    Flops are the nominal cost model of ALGORITHMS.md section 3 (4 s^2 l + 6 k s^3).
+    Flops are the nominal cost model of `swanbench.costmodel` (4 s^2 l + 6 k s^3).
     """
     from optimizers import functional as F
 

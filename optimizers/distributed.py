@@ -60,7 +60,7 @@ def assign_owners(costs: Sequence[float], world_size: int) -> list[int]:
 
 
 def _whitening_cost(shape: Sequence[int], steps: int) -> float:
-    """Flops of one whitening (ALGORITHMS.md section 3: 4 s^2 l + 6 k s^3, s the smaller side)."""
+    """Flops of one whitening (the cost model's nominal 4 s^2 l + 6 k s^3, s the smaller side, l the longer)."""
     s, l = sorted((int(shape[-2]), int(shape[-1])))
     return 4.0 * s * s * l + 6.0 * steps * s ** 3
 

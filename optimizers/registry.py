@@ -465,6 +465,13 @@ def available() -> list[str]:
     return sorted(name for name, entry in _ENTRIES.items() if _installed(entry))
 
 
+def _did_you_mean(word: str, choices) -> str:
+    """`; did you mean 'x'?` for the closest choice, or "" (this package imports nothing from swanbench, so it
+    keeps its own copy of `swanbench.hints.did_you_mean`, with the same wording and cutoff)."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _entry(name: str) -> _Entry:
     if not isinstance(name, str):
         raise ValueError(f"optimizer name must be a string, got {name!r}")
@@ -473,8 +480,7 @@ def _entry(name: str) -> _Entry:
     _discover()
     entry = _ENTRIES.get(name.strip().lower())
     if entry is None:
-        close = difflib.get_close_matches(name.strip().lower(), list(_ENTRIES), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = _did_you_mean(name.strip().lower(), _ENTRIES)
         raise ValueError(f"unknown optimizer {name!r}{hint} (available: {', '.join(registered())})")
     return entry
 
@@ -490,8 +496,7 @@ def resolve_hparams(name: str, **hparams: Any) -> dict[str, Any]:
     known = entry.info.hparams
     for key in hparams:
         if key not in known and not entry.open_hparams and key not in entry.extra_keys:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = _did_you_mean(key, known)
             raise ValueError(f"unknown hyperparameter {key!r} for optimizer {entry.info.name!r}{hint} "
                              f"(accepted: {', '.join(known)})")
     hp = {**known, **hparams}

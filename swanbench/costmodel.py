@@ -1,9 +1,9 @@
-"""The cost model of the gradient preprocessing operators (ALGORITHMS.md section 3), pure arithmetic.
+"""The cost model of the gradient preprocessing operators, pure arithmetic.
 
 Flop counts are nominal: a multiply-add counts 2 flops, an elementwise op 1 flop per entry, and the
-counts follow the formulas in ALGORITHMS.md so that a measured "achieved TFLOP/s" means the same thing
-on every machine (an implementation that skips work, e.g. the first Newton-Schulz product with Z0 = I,
-is credited with the nominal count). Byte counts are the *ideal* traffic of a memory-bound operator:
+counts follow the formulas below (docs/whitening.md states them) so that a measured "achieved TFLOP/s"
+means the same thing on every machine (an implementation that skips work, e.g. the first Newton-Schulz
+product with Z0 = I, is credited with the nominal count). Byte counts are the *ideal* traffic of a memory-bound operator:
 read the input once and write the output once; anything above that shows up as a lower GB/s.
 
 For an m x n matrix the whitening side is `s = min(m, n)` and the long side `l = max(m, n)`

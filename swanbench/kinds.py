@@ -33,6 +33,7 @@ class RunOptions:
     slurm: Sequence[str] = ()
     console: Any = None
     started: float = field(default_factory=time.perf_counter)
+    command: str | None = None  # the command line, overrides included, recorded in OUT/command.txt
 
     def out(self, suite: Suite) -> Path:
         return Path(self.out_dir) if self.out_dir is not None else Path("results") / suite.name
@@ -88,7 +89,7 @@ class TrainKind:
 
         out_dir = options.out(prepared.suite)
         outcome = runner.run_suite(prepared.suite, out_dir, force=options.force, console=options.console,
-                                   dispatcher=prepared.dispatcher)
+                                   dispatcher=prepared.dispatcher, command=options.command)
         options.console.print(runner.summary_table(out_dir))
         took = time.perf_counter() - options.started
         options.console.print(f"{len(outcome.executed)} runs executed, {len(outcome.skipped)} already complete; "
@@ -117,7 +118,7 @@ class KernelKind:
         out_dir = options.out(prepared)
         path = kernels.run_kernel_suite(prepared, out_dir, options.console)
         options.console.print(f"kernels table: {path}")
-        publish_suite(out_dir, options.console)
+        publish_suite(out_dir, options.console, command=options.command)
 
 
 KINDS: dict[str, SuiteKind] = {"train": TrainKind(), "kernels": KernelKind()}

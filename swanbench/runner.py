@@ -101,17 +101,19 @@ def assemble(out_dir: Path, planned: Sequence[PlannedRun], baseline: str | None 
 
 def run_suite(suite: Suite, out_dir: Path, *, force: bool = False, console=None,
               worker_cmd: Sequence[str] = WORKER_CMD, progress: bool = True, dispatcher=None,
-              publish: bool = True) -> SuiteOutcome:
+              publish: bool = True, command: str | None = None) -> SuiteOutcome:
     """Run every (cell, seed) not already complete in out_dir, one worker process each, assemble, publish.
 
     dispatcher: None runs the workers here, one after another; a `swanbench.launch.cluster.SubmititDispatcher`
     sends each run to submitit (local or SLURM) instead. Either way the tables are assembled here.
     publish: afterwards draw the quality verdicts, figures and report (`swanbench.analysis.publish`) when
     anything ran; a pure resume changes no table, so they stay as they are.
+    command: the command line recorded in OUT/command.txt (default: this process's own, when it is swanbench).
     """
-    from rich.console import Console
+    from swanbench.launch.progress import SuiteProgress
+    from swanbench.terminal import make_console
 
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -122,7 +124,7 @@ def run_suite(suite: Suite, out_dir: Path, *, force: bool = False, console=None,
     outcome.statuses = {p.run.run_id: p.previous_status for p in planned if p.skip}
     if outcome.skipped:
         console.print(f"resume: {len(outcome.skipped)} of {len(planned)} runs already complete in {out_dir}")
-    with _sigterm_as_interrupt(), _SuiteProgress(console, len(todo), enabled=progress) as bar:
+    with _sigterm_as_interrupt(), SuiteProgress(console, [p.run for p in todo], enabled=progress) as bar:
         def finished(p: PlannedRun, status: str) -> None:
             outcome.executed.append(p.run.run_id)
             outcome.statuses[p.run.run_id] = status
@@ -143,7 +145,7 @@ def run_suite(suite: Suite, out_dir: Path, *, force: bool = False, console=None,
     if publish and outcome.executed:
         from swanbench.analysis.publish import publish_suite
 
-        publish_suite(out_dir, console, baseline=suite.baseline)
+        publish_suite(out_dir, console, baseline=suite.baseline, command=command)
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -163,61 +165,6 @@ def _sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-class _SuiteProgress:
-    """Rich progress: one bar for the suite's runs and one for the current run's steps."""
-
-    def __init__(self, console, total_runs: int, enabled: bool = True):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self.console = console
-        self.enabled = enabled and total_runs > 0
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                                 console=console, transient=False, disable=not self.enabled)
-        self.suite_task = self.progress.add_task("suite", total=total_runs, info="")
-        self.step_task = None
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> "_SuiteProgress":
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.progress.__exit__(*exc)
-
-    def start_run(self, run: Run) -> None:
-        label = f"{run.cell.optimizer} {run.cell.model} s{run.seed}"
-        with self._lock:
-            if self.step_task is not None:
-                self.progress.remove_task(self.step_task)
-            self.step_task = self.progress.add_task(f"  {label}", total=run.cell.steps, info="starting")
-
-    def on_event(self, event: dict) -> None:
-        """Called from the reader thread for each worker event."""
-        with self._lock:
-            if self.step_task is None:
-                return
-            kind = event.get("event")
-            if kind == "phase":
-                self.progress.update(self.step_task, info=f"loading {event.get('phase')}")
-            elif kind == "step":
-                self.progress.update(self.step_task, completed=event["step"], info=f"loss {event['loss']:.3f}")
-            elif kind == "eval":
-                self.progress.update(self.step_task, info=f"eval loss {event['eval_loss']:.3f}")
-
-    def end_run(self, run: Run, status: str, error: str | None) -> None:
-        with self._lock:
-            self.progress.advance(self.suite_task)
-        from rich.markup import escape
-
-        colour = "green" if status == schema.OK else "yellow" if status in schema.FINAL_STATUSES else "red"
-        line = f"{run.run_id} {run.cell.optimizer} {run.cell.model} seed {run.seed}: [{colour}]{status}[/]"
-        if error:
-            line += f" ({escape(error.strip().splitlines()[-1][:200])})"
-        self.console.print(line)
 
 
 # ---------------------------------------------------------------- terminal tables

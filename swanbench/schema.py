@@ -165,6 +165,17 @@ CATALOGUE: tuple[Column, ...] = (
     _bytes("nvml_device_peak_bytes", "Peak device memory (NVML, GPU)", "process"),
     _bytes("rss_at_start_bytes", "RSS when the meter started", role=INFO, better=None),
     _bytes("nvml_device_baseline_bytes", "Device memory in use before the run (NVML)", role=INFO, better=None),
+    # ---- the machine while the run measured (swanbench.trackers.machine): is a time the optimizer's or the load's?
+    Column("load_avg_start", INFO, "", None, None, "Load average (1 min) when the run started", "max",
+           "runnable processes; above cpu_count, processes queued for a core"),
+    Column("load_avg_end", INFO, "", None, None, "Load average (1 min) when the run ended", "max"),
+    Column("cpu_steal_pct", INFO, "%", None, None, "CPU time stolen by the hypervisor during the run", "max"),
+    Column("cpu_busy_pct", INFO, "%", None, None, "CPU time not idle during the run (this run included)", "max"),
+    Column("cpu_count", INFO, "count", None, None, "CPU cores the OS reports"),
+    # ---- where a run's wall time goes before it trains (swanbench.run.worker.StartupClock)
+    Column("startup_s", INFO, "s", None, None, "Start-up: process start to the end of the first step", "max"),
+    Column("startup_*_s", INFO, "s", None, None, "Start-up phase", "max"),
+    Column("run_wall_s", INFO, "s", None, None, "Wall time of the run's process", "max"),
     # ---- time
     _ms("step_ms", "Step time (median)", "times"),
     _ms("forward_backward_ms", "Forward + backward (median)", "times"),

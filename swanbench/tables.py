@@ -12,12 +12,13 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from swanbench import schema
 from swanbench.schema import RUNS_FILE, SCHEMA_VERSION
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: a run's worker only writes rows (csv module)
+    import pandas as pd
 
 
 class TableError(ValueError):
@@ -69,6 +70,8 @@ def write_rows_atomic(path: Path, rows: Sequence[Mapping[str, object]], columns:
 
 def read_table(path: Path, required: Iterable[str] = ()) -> pd.DataFrame:
     """Read a results CSV, failing with one clear line if it is missing, corrupt or lacks columns."""
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: no such results file")
@@ -83,6 +86,8 @@ def read_table(path: Path, required: Iterable[str] = ()) -> pd.DataFrame:
 
 
 def _versions(frame: pd.DataFrame, path: Path) -> set[int]:
+    import pandas as pd
+
     try:
         values = pd.to_numeric(frame["schema_version"].dropna(), errors="raise")
     except (ValueError, TypeError):
@@ -113,6 +118,8 @@ def one_row_per_run(frame: pd.DataFrame) -> pd.DataFrame:
     """A version-1 runs.csv with per-rank rows: each run's `rank = "max"` row where it has one; else its
     ranks' rows combined as the catalogue says (memory and time the maximum over ranks, throughput the
     minimum, the rest rank 0's). The `rank` column is dropped."""
+    import pandas as pd
+
     if "run_id" not in frame.columns:
         return frame.drop(columns=["rank"])
     rank = frame["rank"].astype(str)

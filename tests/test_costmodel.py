@@ -1,4 +1,4 @@
-"""The cost model: the formulas of ALGORITHMS.md section 3 and the per-model step shares."""
+"""The cost model: the flop formulas of `swanbench.costmodel` (docs/whitening.md) and the per-model step shares."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_shape_counts_of_the_1b_preset():
 
 
 def test_paper_whitening_share_at_1b_is_about_nine_percent():
-    """ALGORITHMS.md: k = 10 at 1.3B costs about 9% of a 131k-token step's training flops."""
+    """The SWAN paper's estimate: k = 10 at 1.3B costs about 9% of a 131k-token step's training flops."""
     preset = PRESETS["1b"]
     swan = cm.step_config("swan")  # the registry's defaults: b = 0.8, k = 10
     assert dict(swan.hparams) == {} and [p.methods for p in swan.parts()] == [("rowwise",), ("ns-b0.8-k10",)]

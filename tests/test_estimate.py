@@ -17,7 +17,7 @@ from swanbench.models import PRESETS, build_model
 
 GIB = 1024 ** 3
 
-# Weights + optimizer state, bf16, GiB (ALGORITHMS.md section 4; APOLLO/SWAN group's memory table).
+# Weights + optimizer state, bf16, GiB: the memory table of the SWAN paper (arXiv 2412.13148), as printed.
 PAPER_ADAM = {"60m": 0.32, "130m": 0.75, "350m": 2.05, "1b": 7.48}
 PAPER_STATELESS = {"60m": 0.23, "130m": 0.43, "350m": 0.93, "1b": 2.98}
 # The one entry whose printed rounding differs: 6 x 367,969,280 bytes = 2.0562 GiB prints as 2.06, the

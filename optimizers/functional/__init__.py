@@ -15,7 +15,7 @@ kernel benchmark (`swanbench.kernels`) can compare them.
   on CPU the default runs the C kernels of `optimizers.native` when a C compiler is there.
 - `muon_quintic(g, steps)`: Muon's quintic Newton-Schulz, for comparison only.
 
-Cost model (ALGORITHMS.md section 3), per m x n matrix with s = min(m, n):
+Cost model (nominal flops, as `swanbench.costmodel` counts them), per m x n matrix with s = min(m, n):
 coupled NS `4 s^2 max(m,n) + 6 k s^3` flops (this implementation skips the products that are known
 in closed form: step 1 needs one s x s product, the last step two, so it does (3k - 3) instead of 3k);
 NSDS `4 s^2 max(m,n) + O(k s^2)`; SR-Sinkhorn `~6 L m n` flops, memory-bound.

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from swanbench.analysis.tolerances import (
     DEFAULT_MATCH_ON, DEFAULT_TOLERANCES, CheckError, MetricRule, Tolerances, default_tolerances, load_tolerances,
-    sidecar_path, tolerances_from_dict,
+    noise_band, sidecar_path, too_noisy, tolerances_from_dict,
 )
 from swanbench.schema import RUNS_COLUMNS, RUNS_FILE
 from swanbench.tables import TableError, read_table, write_rows_atomic
@@ -276,7 +276,7 @@ def compare_metric(rule: MetricRule, label: str, base: Run, now: Run, base_table
         b, b_noise = ratio_value(rule, base, base_ref)
         n, n_noise = ratio_value(rule, now, now_ref)
         if b_noise is not None and n_noise is not None:
-            band = max(band, rule.iqr_factor * math.hypot(b_noise, n_noise))
+            band = noise_band(rule, b_noise, n_noise)
     else:
         b, n = base.values.get(rule.metric), now.values.get(rule.metric)
     limit = limit_text(rule, band)
@@ -287,7 +287,7 @@ def compare_metric(rule: MetricRule, label: str, base: Run, now: Run, base_table
     if n is None:
         return Finding(label, metric, b, None, None, limit, f"{FAIL}: missing now", rule.compare)
     change, verdict = judge(rule, b, n, band)
-    if verdict == OK and band > rule.max_band:
+    if verdict == OK and too_noisy(rule, band):
         verdict = TOO_NOISY  # shown as skipped, not ok: the runs' spread hides any smaller regression
     return Finding(label, metric, b, n, change, limit, verdict, rule.compare)
 

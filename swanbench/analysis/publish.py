@@ -9,23 +9,15 @@ measurements: the tables are already on disk.
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from swanbench.analysis.results import annotated_for, baseline_of, resolve_baseline
 from swanbench.schema import CURVES_FILE, RUNS_FILE, SUMMARY_FILE, VERDICTS_FILE
 from swanbench.tables import read_table, write_rows_atomic
+from swanbench.terminal import own_command  # the command line of this process, kept in command.txt
 
 COMMAND_FILE = "command.txt"
-
-
-def own_command() -> str | None:
-    """The command line of this process when it is the `swanbench` entry point (kept in command.txt)."""
-    if Path(sys.argv[0]).name != "swanbench":
-        return None
-    return shlex.join(["swanbench", *sys.argv[1:]])
 
 
 def write_analysis(results_dir: Path, baseline: str | None = None) -> dict[str, Path]:
@@ -54,7 +46,10 @@ def write_analysis(results_dir: Path, baseline: str | None = None) -> dict[str, 
 
 
 def write_quality(out_dir: Path, baseline: str | None = None) -> dict[str, Path]:
-    """summary.csv and verdicts.csv, when the baseline has runs to compare with (else nothing: no target)."""
+    """summary.csv and verdicts.csv, when the baseline has runs to compare with (else nothing: no target;
+    a kernel suite has no runs.csv at all)."""
+    if not (Path(out_dir) / RUNS_FILE).is_file():
+        return {}
     runs = read_table(Path(out_dir) / RUNS_FILE, required=["optimizer"])
     if resolve_baseline(runs, baseline_of(runs, baseline)) is None:
         return {}

@@ -80,45 +80,15 @@ class TargetHit(NamedTuple):
     seconds: float | None
 
 
-# --------------------------------------------------------------------------------------------------
-# Student-t quantiles without scipy: the exact CDF for integer degrees of freedom, inverted by bisection.
-# --------------------------------------------------------------------------------------------------
-
-def _t_central_prob(t: float, df: int) -> float:
-    """P(|T| <= t) for Student's t with integer df (Abramowitz & Stegun 26.7.3-4, a finite series)."""
-    theta = math.atan(t / math.sqrt(df))
-    s, c2 = math.sin(theta), math.cos(theta) ** 2
-    if df % 2 == 1:
-        term, total = math.cos(theta), 0.0
-        for k in range(1, (df - 1) // 2 + 1):  # cos + (2/3)cos^3 + (2*4)/(3*5)cos^5 + ... up to cos^(df-2)
-            total += term
-            term *= c2 * (2 * k) / (2 * k + 1)
-        return (2.0 / math.pi) * (theta + s * total)
-    term, total = 1.0, 0.0
-    for k in range(1, df // 2 + 1):  # 1 + (1/2)cos^2 + (1*3)/(2*4)cos^4 + ... up to cos^(df-2)
-        total += term
-        term *= c2 * (2 * k - 1) / (2 * k)
-    return s * total
-
-
 def t_quantile(level: float, df: int) -> float:
-    """Two-sided critical value: the t with P(|T| <= t) = level (df=2, level 0.95 -> 4.303)."""
+    """Two-sided critical value: the t with P(|T| <= t) = level (df=2, level 0.95 -> 4.303), from scipy."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df!r}")
-    lo, hi = 0.0, 1.0
-    while _t_central_prob(hi, df) < level:
-        hi *= 2.0
-    for _ in range(200):  # bisection to float precision; the CDF is monotone
-        mid = 0.5 * (lo + hi)
-        if _t_central_prob(mid, df) < level:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * hi:
-            break
-    return 0.5 * (lo + hi)
+    from scipy import stats  # imported here: scipy.stats costs about a second, and only intervals need it
+
+    return float(stats.t.ppf(0.5 + level / 2.0, df))
 
 
 def _finite(values: Iterable[object]) -> np.ndarray:

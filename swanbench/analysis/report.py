@@ -27,13 +27,16 @@ import shlex
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import pandas as pd
 
 from swanbench import __version__, schema
+from swanbench.analysis import noise
+from swanbench.analysis.kernel_summary import PLAUSIBLE_FRACTION, kernel_summary_parts, kernels_section, machine_section
+from swanbench.analysis.markdown import cell_text, fmt_bytes, fmt_number, intish, md_table
 from swanbench.analysis.results import (
-    ALWAYS_AXES, FIGURES_DIR, MACHINE_FILE, MIB, OK, Results, axis_label, baseline_hint, baseline_of,
+    ALWAYS_AXES, FIGURES_DIR, MACHINE_FILE, OK, Results, axis_label, baseline_hint, baseline_of,
     bytes_unit, canonical_name, cell_axes, group_keys, load_results, numeric, optimizer_order, outcome_text,
     peak_column, read_envs, resolve_baseline, select, status_text, with_targets,
 )
@@ -139,29 +142,24 @@ REPORT_COLUMNS = (
 MEASURES = tuple(measure(c) for c in REPORT_COLUMNS)
 
 
-def fmt_number(value: float) -> str:
-    """3 significant digits, thousands separators for large numbers; NaN as n/a."""
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    text = f"{value:.3g}"
-    # 999.7 rounds to "1e+03" in 3 significant digits: large numbers are written out instead.
-    return f"{value:,.0f}" if abs(value) >= 1000 or "e+" in text else text
-
-
 def fmt_diff(value: float) -> str:
     if not math.isfinite(value):
         return "n/a"
     return f"{value:+,.0f} %" if abs(value) >= 1000 else f"{value:+.1f} %"
 
 
-def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A GitHub markdown table; `|` inside cells is escaped."""
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+# Below these a baseline's value is measurement resolution, and a percentage against it means nothing
+# (a 12-byte transient against 110 kB is "+921,633 %"): bytes under one 4 KiB page, times under 10 µs.
+RESOLUTION = {"bytes": 4096.0, "ms": 0.01}
 
-    lines = [line(header), line(["---"] * len(header))]
-    lines += [line(r) for r in rows]
-    return "\n".join(lines)
+
+def diff_cell(kind: str, mean: float, base: float) -> str:
+    """Diff % against the baseline's mean, or why there is none (a baseline below resolution)."""
+    floor = RESOLUTION.get(kind)
+    if floor is not None and math.isfinite(base) and math.isfinite(mean) and abs(base) < floor:
+        shown = fmt_bytes(base) if kind == "bytes" else f"{fmt_number(base)} ms"
+        return f"n/a: baseline below resolution ({shown})"
+    return fmt_diff(diff_percent(mean, base))
 
 
 def _unit(measure: Measure, values: pd.Series) -> tuple[float, str]:
@@ -207,10 +205,14 @@ def measure_section(runs: pd.DataFrame, measure: Measure, axes: Sequence[str], o
     # A per-run spread (IQR over the timed steps of one run) shows beside the spread over seeds.
     iqr = iqr_column(runs, measure.column)
     iqrs = summarise(runs, iqr, axes, optimizers) if iqr[runs["status"] == OK].notna().any() else None
-    rows = []
+    rows, reasons = [], []
     for i, s in enumerate(summaries):
         base = base_means.get(s.key, math.nan)
-        diff = "baseline" if s.optimizer == baseline else fmt_diff(diff_percent(s.mean, base))
+        diff = "baseline" if s.optimizer == baseline else diff_cell(measure.kind, s.mean, base)
+        verdict = _noise(runs, measure.column, axes, s, baseline) if s.optimizer != baseline else None
+        if verdict is not None and verdict.noisy and s.n:
+            diff = "too noisy to judge"
+            reasons.append(f"{', '.join(map(str, s.key))}, {s.optimizer}: {verdict.reason}")
         spread = "–" if not math.isfinite(s.spread) else fmt_number(s.spread / scale)
         cells = [axis_label(a, v) if a not in ALWAYS_AXES else str(v) for a, v in zip(axes, s.key)]
         extra = [fmt_number(iqrs[i].mean / scale) if iqrs[i].n else "n/a"] if iqrs else []
@@ -220,7 +222,17 @@ def measure_section(runs: pd.DataFrame, measure: Measure, axes: Sequence[str], o
     header = [*axes, "optimizer", "n", f"mean{unit_text}", f"spread{unit_text}", *iqr_header,
               f"Diff % vs {baseline}"]
     note = f": {measure.note}" if measure.note else ""
-    return f"### {measure.title}{unit_text}\n\n`{measure.column}`{note}\n\n{md_table(header, rows)}\n"
+    withheld = "".join(f"\n- {r}" for r in reasons)
+    withheld = f"\nDiff % withheld where the runs' own spread hides it (as `swanbench check` judges):{withheld}\n" \
+        if reasons else ""
+    return f"### {measure.title}{unit_text}\n\n`{measure.column}`{note}\n\n{md_table(header, rows)}\n{withheld}"
+
+
+def _noise(runs: pd.DataFrame, column: str, axes: Sequence[str], s: Summary, baseline: str):
+    """The gate's noise judgement of this summary's runs against the baseline's in the same cell."""
+    cell = select(runs, axes, s.key)
+    return noise.judge(column, cell[cell["optimizer"] == s.optimizer], cell[cell["optimizer"] == baseline],
+                       s.optimizer, baseline)
 
 
 GLANCE = (("final_eval_ppl", "final ppl"), ("peak", "peak memory"), ("optimizer_state_bytes", "optimizer state"),
@@ -240,16 +252,6 @@ def peak_per_device(runs: pd.DataFrame) -> tuple[pd.Series, dict[str, str]]:
     return values, sources
 
 
-def fmt_bytes(value: float) -> str:
-    """`85.3 MiB`, `3.91 GiB`: byte counts with their own unit (1024-based), for mixed-size tables."""
-    if not math.isfinite(value):
-        return "n/a"
-    if value == 0:
-        return "0 B"
-    scale, unit = bytes_unit(abs(value))
-    return f"{fmt_number(value / scale)} {unit}"
-
-
 def glance_section(runs: pd.DataFrame, axes: Sequence[str], optimizers: Sequence[str], baseline: str) -> str:
     """One row per (cell, optimizer): the headline means, each with its Diff % against the baseline."""
     columns, notes = [], []
@@ -262,28 +264,36 @@ def glance_section(runs: pd.DataFrame, axes: Sequence[str], optimizers: Sequence
         if not values[runs["status"] == OK].notna().any():
             continue
         is_bytes = column == "peak" or column.endswith("_bytes")
-        columns.append((title, is_bytes, summarise(runs, values, axes, optimizers)))
+        columns.append((column, title, is_bytes, summarise(runs, values, axes, optimizers)))
     if not columns:
         return ""
-    rows = []
-    for i, first in enumerate(columns[0][2]):
+    rows, noisy = [], False
+    for i, first in enumerate(columns[0][3]):
         cells = [str(v) if a in ALWAYS_AXES else axis_label(a, v) for a, v in zip(axes, first.key)]
-        rows.append([*cells, first.optimizer, n_text(first),
-                     *(_glance_cell(summaries, i, is_bytes, baseline) for _, is_bytes, summaries in columns)])
-    header = [*axes, "optimizer", "n", *(title for title, _, _ in columns)]
+        glance = [_glance_cell(runs, axes, column, summaries, i, is_bytes, baseline)
+                  for column, _, is_bytes, summaries in columns]
+        noisy |= any(g.endswith("(too noisy)") for g in glance)
+        rows.append([*cells, first.optimizer, n_text(first), *glance])
+    header = [*axes, "optimizer", "n", *(title for _, title, _, _ in columns)]
     peak_note = f" Peak memory is, per device, {'; '.join(notes)}." if notes else ""
-    return (f"### At a glance\n\nMean over ok seeds, (Diff % vs {baseline}) in brackets.{peak_note}\n\n"
-            + md_table(header, rows) + "\n")
+    noisy_note = (" \"(too noisy)\": the runs' own spread hides the difference (the times' sections below say "
+                  "by how much)." if noisy else "")
+    return (f"### At a glance\n\nMean over ok seeds, (Diff % vs {baseline}) in brackets.{peak_note}{noisy_note}"
+            "\n\n" + md_table(header, rows) + "\n")
 
 
-def _glance_cell(summaries: list[Summary], i: int, is_bytes: bool, baseline: str) -> str:
+def _glance_cell(runs: pd.DataFrame, axes: Sequence[str], column: str, summaries: list[Summary], i: int,
+                 is_bytes: bool, baseline: str) -> str:
     s = summaries[i]
     if s.n_ok == 0 or s.n == 0:
         return mean_text(s, 1.0)
     text = fmt_bytes(s.mean) if is_bytes else fmt_number(s.mean)
     if s.optimizer != baseline:
         base = next((b.mean for b in summaries if b.key == s.key and b.optimizer == baseline), math.nan)
-        text += f" ({fmt_diff(diff_percent(s.mean, base))})"
+        verdict = _noise(runs, column, axes, s, baseline)
+        diff = "too noisy" if verdict is not None and verdict.noisy else diff_cell(
+            "bytes" if is_bytes else "plain", s.mean, base)
+        text += f" ({diff})"
     return text
 
 
@@ -368,23 +378,6 @@ def fmt_seed(seed: object) -> str:
     return "?" if pd.isna(seed) else str(int(float(seed)))
 
 
-def kernels_section(kernels: pd.DataFrame) -> str:
-    """The operator micro-benchmarks, one row each, machine reference rows (matmul, copy) first."""
-    frame = kernels.copy()
-    frame["_machine"] = frame.get("operator", pd.Series("", index=frame.index)).isin(["matmul", "copy"])
-    order = [c for c in ("_machine", "operator", "method", "dtype", "rows", "cols") if c in frame.columns]
-    frame = frame.sort_values(order, ascending=[c != "_machine" for c in order], key=_sortable)
-    columns = [("operator", str), ("method", str), ("device", str), ("dtype", str), ("compile", str),
-               ("batch", _intish), ("rows", _intish), ("cols", _intish), ("status", str),
-               ("ms_median", fmt_number), ("ms_iqr", fmt_number), ("tflops", fmt_number),
-               ("frac_of_matmul_peak", fmt_number), ("gbps", fmt_number), ("frac_of_bandwidth", fmt_number),
-               ("peak_bytes", _mib), ("rel_error", _sci), ("skip_reason", str)]
-    present = [(c, f) for c, f in columns if c in frame.columns and frame[c].notna().any()]
-    rows = [[_cell_text(r[c], f) for c, f in present] for _, r in frame.iterrows()]
-    header = [("peak_bytes [MiB]" if c == "peak_bytes" else c) for c, _ in present]
-    return md_table(header, rows) + "\n"
-
-
 def verdicts_section(verdicts: pd.DataFrame) -> str:
     """verdicts.csv (swanbench.analysis.quality): per optimizer, does it beat the baseline, and does it get there sooner?"""
     def interval(row: pd.Series, mean: str, low: str, high: str) -> str:
@@ -399,7 +392,7 @@ def verdicts_section(verdicts: pd.DataFrame) -> str:
         keys.append("config")  # only when a config differs from its optimizer's name (an hparam sweep)
     rows = []
     for _, r in verdicts.iterrows():
-        reached = (f"{_cell_text(r.get('n_reached'), _intish)}/{_cell_text(r.get('n_seeds'), _intish)}"
+        reached = (f"{cell_text(r.get('n_reached'), intish)}/{cell_text(r.get('n_seeds'), intish)}"
                    if "n_reached" in verdicts.columns else "n/a")
         rows.append([*(str(r[c]) for c in keys), str(r.get("optimizer")), str(r.get("baseline", "")),
                      interval(r, "final_loss_diff", "final_loss_diff_ci_low", "final_loss_diff_ci_high"),
@@ -411,40 +404,6 @@ def verdicts_section(verdicts: pd.DataFrame) -> str:
     rules = [f"- {r}" for c in ("final_loss_rule", "sooner_rule") if c in verdicts.columns
              for r in verdicts[c].dropna().unique()]
     return md_table(header, rows) + "\n" + ("\nRules:\n\n" + "\n".join(rules) + "\n" if rules else "")
-
-
-def machine_section(machine: pd.DataFrame) -> str:
-    """machine.csv: the matmul rate per dtype and size and the copy bandwidth, measured in the same run."""
-    columns = [("measure", str), ("device", str), ("dtype", str), ("size", _intish), ("ms_median", fmt_number),
-               ("tflops", fmt_number), ("gbps", fmt_number)]
-    present = [(c, f) for c, f in columns if c in machine.columns and machine[c].notna().any()]
-    rows = [[_cell_text(r[c], f) for c, f in present] for _, r in machine.iterrows()]
-    return md_table([c for c, _ in present], rows) + "\n"
-
-
-def _sortable(column: pd.Series) -> pd.Series:
-    return column if column.dtype != object else column.astype(str)
-
-
-def _cell_text(value: object, fmt) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    try:
-        return fmt(float(value)) if fmt is not str else str(value)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def _intish(value: float) -> str:
-    return str(int(value))
-
-
-def _mib(value: float) -> str:
-    return fmt_number(value / MIB)
-
-
-def _sci(value: float) -> str:
-    return f"{value:.2e}"
 
 
 FIGURE_ORDER = ("memory", "time", "kernels", "perplexity", "pareto")
@@ -475,34 +434,40 @@ def build_report(results: Results, baseline: str | None = None, command: str | N
               if (results.results_dir / f).is_file()]
     parts = [f"# swanbench report: {title}\n",
              f"Results `{results.results_dir}`, report written {stamp} by swanbench {__version__} from the "
-             f"tables alone ({', '.join(tables)}; no log is read).\n",
+             f"tables alone ({', '.join(tables)}; no log is read). The environment is at the end.\n",
              "## Command\n",
-             f"```bash\n{command}\n```\n" if command else "Not recorded (no command.txt, no command in env.json).\n",
-             "## Environment\n", environment_section(results, envs)]
+             f"```bash\n{command}\n```\n" if command else "Not recorded (no command.txt, no command in env.json).\n"]
     parts += [f"> Note: {n}\n" for n in results.notes]
     if runs is not None and len(runs):
-        parts += _runs_parts(runs, baseline)
-        parts += _verdict_parts(results.results_dir)
+        parts += _runs_parts(runs, baseline, _verdict_parts(results.results_dir, runs))
     elif runs is not None:
         parts += ["## Runs\n", "runs.csv has no rows: no run has finished yet.\n"]
     if results.kernels is not None and len(results.kernels):
-        parts += ["## Operator micro-benchmarks (kernels.csv)\n",
+        parts += ["## Operator micro-benchmarks (kernels.csv)\n", *kernel_summary_parts(results),
+                  "### Every case\n",
                   "Median (and IQR) over the timed calls after warm-up; `frac_of_*` compare the achieved rate "
-                  "with the machine's limits measured in the same run.\n"]
+                  "with the machine's limits measured in the same run (n/a where that limit was measured at too "
+                  f"small a size to compare with: above {PLAUSIBLE_FRACTION:.0%} of it).\n"]
         if results.machine is not None and len(results.machine):
             parts += ["### Machine limits (machine.csv)\n", machine_section(results.machine)]
         parts += [kernels_section(results.kernels)]
     figures = figures_section(results.results_dir)
     if figures:
         parts += ["## Figures\n", figures]
+    parts += ["## Environment\n", environment_section(results, envs)]
     return "\n".join(parts)
 
 
-def _runs_parts(runs: pd.DataFrame, baseline: str) -> list[str]:
+def _runs_parts(runs: pd.DataFrame, baseline: str, verdicts: list[str]) -> list[str]:
     axes = cell_axes(runs)
     resolved = resolve_baseline(runs, baseline)
     optimizers = optimizer_order(runs["optimizer"].unique(), canonical_name(baseline))
-    parts = ["## Runs\n", runs_section(runs, axes), f"## Key figures per cell (baseline: {baseline})\n"]
+    parts = ["## Runs\n", runs_section(runs, axes)]
+    load = noise.load_note(runs)
+    if load:
+        parts.append(f"The machine while the runs measured: {load}.\n")
+    parts += verdicts
+    parts.append(f"## Key figures per cell (baseline: {baseline})\n")
     if resolved is None:
         parts.append(f"> Baseline {baseline!r} is not in these results{baseline_hint(runs, baseline)}: "
                      "Diff % is n/a.\n")
@@ -519,7 +484,7 @@ def _runs_parts(runs: pd.DataFrame, baseline: str) -> list[str]:
     return parts
 
 
-def _verdict_parts(results_dir: Path) -> list[str]:
+def _verdict_parts(results_dir: Path, runs: pd.DataFrame | None = None) -> list[str]:
     """The verdicts table, when swanbench.analysis.quality has written verdicts.csv beside the tables."""
     path = Path(results_dir) / VERDICTS_FILE
     if not path.is_file():
@@ -529,7 +494,23 @@ def _verdict_parts(results_dir: Path) -> list[str]:
         return []
     return ["## Verdicts (verdicts.csv)\n",
             "Written by `swanbench.analysis.quality` from the same tables: paired by seed against the baseline.\n",
-            verdicts_section(verdicts)]
+            verdicts_section(verdicts), *undecided_hint(verdicts, runs)]
+
+
+def undecided_hint(verdicts: pd.DataFrame, runs: pd.DataFrame | None) -> list[str]:
+    """Where a verdict is inconclusive because one seed cannot decide: the command that can."""
+    seeds = pd.to_numeric(verdicts.get("n_seeds", pd.Series(dtype=float)), errors="coerce")
+    texts = verdicts.reindex(columns=["final_loss_verdict", "sooner_verdict"]).astype(str)
+    inconclusive = texts.apply(lambda col: col.str.contains("inconclusive")).any(axis=1)
+    if not (inconclusive & (seeds < 2)).any():
+        return []
+    suite = ""
+    if runs is not None and "suite" in runs.columns and runs["suite"].nunique() == 1:
+        suite = str(runs["suite"].iloc[0])
+    run = f"swanbench run {suite or 'SUITE'} --set 'matrix.seed=[0,1,2]'"
+    return [f"One seed cannot decide a verdict (the rule needs every seed to agree and an interval, so at least "
+            f"two seeds; three are the practical minimum). Rerun with three seeds: `{run}` (the finished seed 0 is "
+            f"kept), or run the shipped `swanbench run token-efficiency` (nano, 3 seeds, each optimizer's tuned lr).\n"]
 
 
 def write_report(results_dir: Path, baseline: str | None = None, command: str | None = None) -> Path:

@@ -66,6 +66,18 @@ CLASS_RULES: dict[str, dict[str, Any]] = {
 }
 
 
+def noise_band(rule: "MetricRule", *relative_spreads: float) -> float:
+    """The band a ratio rule allows when the runs have these relative spreads (IQR / median): the rule's own
+    limit, widened to `iqr_factor` times their root sum of squares."""
+    return max(rule.limit, rule.iqr_factor * math.hypot(*relative_spreads))
+
+
+def too_noisy(rule: "MetricRule", band: float) -> bool:
+    """A band wider than the rule's `max_band`: the runs' spread hides any smaller change ("too noisy to judge").
+    The gate, the report and the figures all ask this one question."""
+    return band > rule.max_band
+
+
 def _default_tolerances() -> dict[str, Any]:
     classes = schema.check_classes()
     return {

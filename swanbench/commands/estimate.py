@@ -18,7 +18,7 @@ else:  # pragma: no cover - Python 3.10
 def estimate(
     model: Annotated[str, typer.Option("--model", "-m", help="Model preset (swanbench list models), e.g. 1b.")],
     optimizer: Annotated[str, typer.Option(
-        "--optimizer", "-o", help="Optimizer name(s), comma-separated, e.g. adamw,swan,sinkgd.")] = "adamw",
+        "--optimizer", help="Optimizer name(s), comma-separated, e.g. adamw,swan,sinkgd.")] = "adamw",
     dtype: Annotated[str, typer.Option(help="Whole-model dtype: float32, bfloat16, float16.")] = "float32",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Sequences per micro-batch.")] = 8,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 256,
@@ -31,7 +31,8 @@ def estimate(
     device_memory: Annotated[Optional[str], typer.Option(
         help="Memory of the target device, e.g. 80GiB, 80GB or bytes: adds a fits / does not fit verdict.")]
     = None,
-    out: Annotated[Optional[Path], typer.Option(help="Also write the estimate as CSV (one row per optimizer).")]
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Also write the estimate as CSV (one row per optimizer).")]
     = None,
     hp: Annotated[Optional[list[str]], typer.Option(
         "--hp", help="A hyperparameter as KEY=VALUE (TOML value), repeatable: it goes to every listed optimizer "

@@ -10,7 +10,7 @@ import typer
 
 
 def fit(
-    optimizer: Annotated[str, typer.Option("--optimizer", "-o", help="Optimizer name, e.g. swan.")],
+    optimizer: Annotated[str, typer.Option("--optimizer", help="Optimizer name, e.g. swan.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Model preset, e.g. nano, 1b.")],
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 256,
     dtype: Annotated[str, typer.Option(help="Whole-model dtype: float32, bfloat16, float16.")] = "float32",
@@ -22,7 +22,7 @@ def fit(
     steps: Annotated[int, typer.Option(help="Training steps per probe (>= 2: state exists from step 2).")] = 3,
     timeout_s: Annotated[float, typer.Option("--timeout", help="Seconds per probe before it is killed.")] = 600.0,
     out: Annotated[Optional[Path], typer.Option(
-        help="Output directory (default results/fit/<optimizer>-<model>-<seq_len>-<dtype>).")] = None,
+        "--out", "-o", help="Output directory (default results/fit/<optimizer>-<model>-<seq_len>-<dtype>).")] = None,
 ) -> None:
     """Bisect the batch size: each probe trains a few steps in its own process under the budget."""
     from dataclasses import replace

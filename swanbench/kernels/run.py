@@ -27,7 +27,7 @@ from swanbench.kernels.summary import MODEL_COLUMNS, headline_lines, model_summa
 
 ENV_FILE, HEADLINE_FILE = "env.json", "headline.md"
 
-Say = Callable[[str], None]
+Say = Callable[[object], None]
 
 
 def _sayer(console) -> Say:
@@ -57,8 +57,14 @@ def run_kernel_suite(suite: KernelSuite, out_dir: Path, console=None) -> Path:
     if suite.max_total_seconds is not None:
         ctx.deadline = started + suite.max_total_seconds
     rows: list[dict] = []
-    for shape, cases in ordered_work(suite):
+    work = list(ordered_work(suite))
+    for index, (shape, cases) in enumerate(work, 1):
+        shape_started, before_count = time.perf_counter(), len(rows)
         _run_shape(ctx, shape, cases, rows, say)
+        done = rows[before_count:]
+        ran = sum(r.get("status") == "ok" for r in done)
+        say(f"  [{index}/{len(work)}] {shape.rows}x{shape.cols} ({shape.role}): {ran} case(s) measured, "
+            f"{len(done) - ran} skipped or failed, {time.perf_counter() - shape_started:.1f} s")
     finalize_peaks(rows, ctx.limits)
     path = _write_tables(ctx, rows, out_dir, say)
     env.update(before, wall_seconds=time.perf_counter() - started)
@@ -109,13 +115,13 @@ def _run_shape(ctx: RunContext, shape: Shape, cases: list[Case], rows: list[dict
             reason = f"suite time budget exhausted (max_total_seconds = {ctx.suite.max_total_seconds:g})"
         if reason:
             rows.append(skipped_row(ctx, case, reason))
-            say(f"  skip {_label(case)}: {reason}")
             continue
         key = (case.dtype, case.batch)
         if key not in inputs:
             inputs[key] = make_input(shape.rows, shape.cols, case.batch, case.dtype, ctx.suite.seed, ctx.device)
         rows.append(_run_or_error(ctx, case, inputs[key]))
-        say(f"  {_label(case)}: {_summary_text(rows[-1])}")
+        if rows[-1].get("status") != "ok":  # a failure is worth a line; each measured case is in kernels.csv
+            say(f"    {_label(case)}: {_summary_text(rows[-1])}")
 
 
 def _run_or_error(ctx: RunContext, case: Case, x) -> dict:
@@ -143,7 +149,6 @@ def _measure_here_rates(ctx: RunContext, cases: list[Case], say: Say) -> None:
         rate = row["flops"] / (row["ms_median"] * 1e-3) / 1e12
         ctx.here_rates[key] = rate
         ctx.limits.rows.append({**row, "tflops_median": rate})
-        say(f"  matmul {case.side}x{case.side} {case.compute_dtype} now: {rate:.3f} TFLOP/s")
 
 
 def _label(case: Case) -> str:
@@ -183,9 +188,26 @@ def _write_tables(ctx: RunContext, rows: list[dict], out_dir: Path, say: Say) ->
     (out_dir / HEADLINE_FILE).write_text("\n".join(
         [f"# {suite.name}: headline ({ctx.device_name})", ""] + lines
         + ["", *shape_table(rows, 2048), "", *summary_table(summary)]) + "\n")
-    for line in lines:
-        say(line)
+    say(f"headline: {out_dir / HEADLINE_FILE}")
+    _say_summary(out_dir, say)
     return path
+
+
+def _say_summary(out_dir: Path, say: Say) -> None:
+    """The suite in one table: per operator and dtype the method nearest the machine's limit, and how near."""
+    from rich.table import Table
+
+    from swanbench.analysis.kernel_summary import machine_limits, summary
+    from swanbench.analysis.results import load_results
+
+    results = load_results(out_dir)
+    frame = summary(results.kernels, machine_limits(results))
+    if frame.empty:
+        return
+    table = Table(*frame.columns, title=f"best method per operator ({out_dir}; every case: kernels.csv)")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row))
+    say(table)
 
 
 def _write_env(ctx: RunContext, env: dict, out_dir: Path) -> None:

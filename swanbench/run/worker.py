@@ -20,6 +20,56 @@ from typing import Any
 from swanbench import rundir, schema
 
 
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux: /proc/self/stat starttime against /proc/uptime), or None."""
+    try:
+        with open("/proc/self/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()  # the command name may hold spaces: split after it
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # starttime is field 22 of the line
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+class StartupClock:
+    """Where a run's start-up goes, from the process's own start to its first training step (seconds).
+
+    Marks: `worker` (interpreter and the worker's imports), `env` (torch, versions, git, native kernels),
+    then the worker's events: `imports` (up to the data phase: the training modules, transformers),
+    `data` (tokens loaded or read from the cache), `model` (model, optimizer, meter and the step-0 eval),
+    `first_step` (the first, untimed warm-up step). `columns()` gives `startup_<mark>_s`, their sum
+    `startup_s` and `run_wall_s` (the whole process until now).
+    """
+
+    EVENTS = {("phase", "data"): "imports", ("phase", "model"): "data", ("eval", None): "model",
+              ("step", None): "first_step"}
+
+    def __init__(self) -> None:
+        age = process_age_s()
+        self.origin = time.perf_counter() - (age if age is not None else 0.0)
+        self.marks: dict[str, float] = {}
+        self._last = self.origin
+
+    def mark(self, name: str) -> None:
+        if name not in self.marks:
+            now = time.perf_counter()
+            self.marks[name], self._last = now - self._last, now
+
+    def on_event(self, event: dict) -> None:
+        kind = event.get("event")
+        name = self.EVENTS.get((kind, event.get("phase") if kind == "phase" else None))
+        if name is not None:
+            self.mark(name)
+
+    def columns(self) -> dict[str, Any]:
+        cols: dict[str, Any] = {f"startup_{k}_s": v for k, v in self.marks.items()}
+        if "first_step" in self.marks:
+            cols["startup_s"] = sum(self.marks.values())
+        cols["run_wall_s"] = time.perf_counter() - self.origin
+        return cols
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -50,11 +100,16 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def run(run_dir: Path, events) -> int:
+def run(run_dir: Path, events, clock: StartupClock | None = None) -> int:
     """Run the configured (cell, seed) and write its tables; returns the process exit code."""
     from swanbench import env as envmod
     from swanbench.suite import Cell
 
+    from swanbench.trackers.machine import MachineLoad
+
+    clock = clock or StartupClock()
+    clock.mark("worker")
+    load = MachineLoad().start()
     config = json.loads((run_dir / rundir.CONFIG_FILE).read_text())
     cell = Cell.from_dict(config["cell"])
     set_threads(cell.threads)
@@ -65,12 +120,18 @@ def run(run_dir: Path, events) -> int:
     rank = launched_rank() if cell.world_size > 1 else None
     main_rank = rank in (None, 0)
     env = envmod.collect(cell.device)
+    clock.mark("env")
     if main_rank:
         rundir.write_json_atomic(run_dir / rundir.ENV_FILE, env)
     log(f"run {config['run_id']}: {cell.optimizer} on {cell.model}, seed {config['seed']}, device {env['device']}"
         + (f", rank {rank} of {cell.world_size} ({cell.parallelism})" if rank is not None else ""))
     identity = rundir.identity_row(config, env)
-    emit = rundir.event_writer(events) if main_rank else (lambda event: None)
+    write_event = rundir.event_writer(events) if main_rank else (lambda event: None)
+
+    def emit(event: dict) -> None:
+        clock.on_event(event)
+        write_event(event)
+
     on_curve = (lambda curve: rundir.write_curve(run_dir, identity, curve)) if main_rank else (lambda curve: None)
     try:
         from swanbench.run.train import train
@@ -78,7 +139,7 @@ def run(run_dir: Path, events) -> int:
         outcome = train(cell, config["seed"], run_dir, emit, on_curve=on_curve)
     except Exception as exc:  # a crash is a result too: record it, then exit non-zero
         traceback.print_exc(file=sys.stderr)
-        _write_own_row(run_dir, rank, {**identity, "status": schema.CRASHED,
+        _write_own_row(run_dir, rank, {**identity, **load.columns(), **clock.columns(), "status": schema.CRASHED,
                                        "error": f"{type(exc).__name__}: {exc}"[:rundir.ERROR_CHARS]})
         return 1
     identity["params"] = outcome.measures.get("params", identity["params"])
@@ -86,6 +147,7 @@ def run(run_dir: Path, events) -> int:
         rundir.write_curve(run_dir, identity, outcome.curve)
     row = {**identity, **outcome.measures, "status": outcome.status, "error": outcome.error}
     row.update(estimate_columns(cell, identity["device"], row))
+    row.update({**load.columns(), **clock.columns()})
     _write_own_row(run_dir, rank, row)
     log(f"status {outcome.status}" + (f": {outcome.error}" if outcome.error else ""))
     shutdown()
@@ -105,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     events = sys.stdout
     sys.stdout = sys.stderr  # stray prints from libraries go to the log, not into the event stream
-    code = run(Path(argv[0]), events)
+    code = run(Path(argv[0]), events, StartupClock())
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # A rank's row is written; gloo's threads can abort the interpreter's static teardown (SIGABRT,
         # "terminate called without an active exception") while a peer is still shutting down, which

@@ -8,7 +8,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -17,6 +17,7 @@ else:  # pragma: no cover - Python 3.10
 
 from swanbench.hints import did_you_mean
 from swanbench.suite.checks import check_names_and_models
+from swanbench.suite.overrides import apply_overrides, with_overrides_named
 from swanbench.suite.spec import (DATA_FIELDS, DATA_SOURCES, DEFAULT_BASELINE, KIND_TABLES, KINDS, SETTABLE, SUITES_DIR,
                                   TOP_KEYS, Cell, DataSpec, Suite, SuiteError, _check_value, _freeze_hparams, _is_int,
                                   check_keys, fail)
@@ -66,15 +67,28 @@ def read_toml(path: Path) -> dict:
         raise SuiteError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def load_suite(name_or_path: str | Path | None = None, *, check_names: bool = True) -> Suite:
+def load_suite(name_or_path: str | Path | None = None, *, check_names: bool = True, sets: Sequence[str] = (),
+               only: Sequence[str] = ()) -> Suite:
     """Load, validate (pure stage) and expand a suite. Raises SuiteError with one line on any mistake.
 
     check_names=False skips the checks that need the model presets and the optimizer registry (they import
     torch, seconds on a busy machine); call `check_names_and_models(suite)` before running anything. A resume
     with nothing left to run uses this: every cell already ran, so its names were valid.
+    sets, only: command-line overrides (`--set KEY=VALUE`, `--only AXIS=V1,V2`, `swanbench.suite.overrides`),
+    applied to the parsed file before it is validated, so they pass the same checks as the file itself.
     """
     path = resolve_suite_path(name_or_path)
     raw = read_toml(path)
+    if not (sets or only):
+        return _load_raw(path, raw, check_names)
+    try:
+        suite = _load_raw(path, apply_overrides(raw, sets, only), check_names)
+    except SuiteError as exc:
+        raise with_overrides_named(exc, path, sets, only) from None
+    return dataclasses.replace(suite, overrides=(*(f"--set {s}" for s in sets), *(f"--only {o}" for o in only)))
+
+
+def _load_raw(path: Path, raw: dict, check_names: bool) -> Suite:
     check_keys(path, "", raw, TOP_KEYS)
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):

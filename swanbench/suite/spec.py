@@ -143,6 +143,7 @@ class Suite:
     tables: dict = field(default_factory=dict, compare=False)  # a non-train kind's raw table, by name
     optimizer_tables: dict = field(default_factory=dict, compare=False)  # the raw [optimizers.*] tables
     baseline: str = DEFAULT_BASELINE  # the optimizer verdicts, tokens-to-target and Diff % compare with
+    overrides: tuple[str, ...] = field(default=(), compare=False)  # `--set ...`/`--only ...` from the command line
 
     def runs(self) -> list[Run]:
         return [Run(c, s) for c in self.cells for s in self.seeds]

@@ -22,13 +22,17 @@ log = logging.getLogger(__name__)
 FALLBACK_COLORS = ("#ff7f0e", "#17becf", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5",
                    "#ffbb78", "#393b79")
 
-# Colour of each memory role, in stacking order (bottom to top), and of each step-time segment.
+# Colour of each memory role, in stacking order (bottom to top), and of each step-time segment. None of
+# them is an optimizer's colour (blue AdamW, red SWAN, green SinkGD, ...): a bar's colour says its role,
+# a tick label's colour says its optimizer. Tensors that persist are grey, optimizer state orange.
 ROLE_COLORS = {
-    "parameters": "#4c72b0", "gradients": "#55a868", "optimizer state": "#c44e52",
-    "activations (profiler)": "#8172b2", "other (derived)": "#d9d9d9", "transient in step": "#ccb974",
+    "parameters": "#525252", "gradients": "#a3a3a3", "optimizer state": "#e6550d",
+    "state on hidden matrices": "#e6550d", "state on embeddings, head, norms": "#fdae6b",
+    "activations (profiler)": "#66c2a5", "logits & loss buffers (derived)": "#b3b3de", "other (derived)": "#e0e0e0",
+    "transient in step": "#ffd92f",
 }
-TIME_COLORS = {"forward + backward": "#4c72b0", "optimizer step (excl. whitening)": "#dd8452",
-               "whitening / normalisation": "#c44e52", "step (not split)": "#bbbbbb"}
+TIME_COLORS = {"forward + backward": "#525252", "optimizer step (excl. whitening)": "#fdae6b",
+               "whitening / normalisation": "#e6550d", "step (not split)": "#bbbbbb"}
 VARIANT_STYLES = ("-", "--", ":", "-.")
 # Kernel operators: a colour map per operator family, a shade and a marker per method.
 OPERATOR_CMAPS = {"grad_whiten": "Reds", "whiten_exact": "Greys", "sr_sinkhorn": "Greens",

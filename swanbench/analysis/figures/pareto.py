@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from swanbench.analysis.figures.common import (BYTES_NOTE, Context, Series, SkipFigure, empty_panel, facet_grid,
                                                facet_rows, failure_text, mean_ok, runs_or_skip, series_of, series_rows,
                                                std_ok)
-from swanbench.analysis.results import OK, bytes_unit, peak_column
+from swanbench.analysis.results import OK, bytes_unit, canonical_name, peak_column
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -34,8 +34,9 @@ def plot_pareto(ctx: Context) -> Figure:
         for c, model in enumerate(models):
             _pareto_panel(axes[r, c], facet_rows(runs, model, device), series, ctx)
             axes[r, c].set_title(f"{model} · {device}", fontsize=10)
-    fig.suptitle("Peak memory against final eval perplexity, mean ± std over ok seeds\n"
-                 f"grey staircase: Pareto front (lower-left is better); {BYTES_NOTE}", fontsize=9)
+    fig.suptitle(f"Peak memory against final eval perplexity, mean ± std over ok seeds; both axes from 0\n"
+                 f"grey staircase: Pareto front (lower-left is better); labels: change vs {ctx.baseline}\n"
+                 f"{BYTES_NOTE}", fontsize=9)
     return fig
 
 
@@ -59,23 +60,34 @@ def _pareto_panel(ax, frame: pd.DataFrame, series: list[Series], ctx: Context) -
     xy = [(mem / scale, ppl) for _, mem, ppl, _, _ in points]
     front = pareto_front(xy)
     ax.plot(*zip(*front), color="#999999", linewidth=4, alpha=0.4, drawstyle="steps-post", zorder=1)
+    base = next(((mem, ppl) for s, mem, ppl, _, _ in points if canonical_name(s.optimizer) == ctx.baseline
+                 and not s.axes), None)
     for (s, mem, ppl, mem_err, ppl_err), dy in zip(points, label_offsets(xy)):
         color = ctx.colors.get(s.optimizer, "black")
         ax.errorbar(mem / scale, ppl, xerr=_finite(mem_err, scale), yerr=_finite(ppl_err, 1.0),
                     marker=s.marker, markersize=7, color=color,
                     capsize=3, zorder=3, linestyle="none")
-        ax.annotate(s.label, (mem / scale, ppl), textcoords="offset points", xytext=(6, dy), fontsize=7,
-                    color=color)
+        ax.annotate(s.label + _versus(mem, ppl, base, s, ctx), (mem / scale, ppl), textcoords="offset points",
+                    xytext=(6, dy), fontsize=7, color=color)
     if absent:
         ax.text(0.98, 0.98, "not shown:\n" + "\n".join(absent), transform=ax.transAxes, ha="right", va="top",
                 fontsize=7, color="#b22222")
     ax.set_xlabel(f"{peak[1]} [{unit}]", fontsize=8)
     ax.set_ylabel("final eval perplexity")
-    ax.margins(0.15)
+    # Both axes from zero: a 1% memory difference must look like 1%, not fill the panel.
+    ax.set_xlim(0, max(x for x, _ in xy) * 1.35)
+    ax.set_ylim(0, max(p[2] + (p[4] if math.isfinite(p[4]) else 0) for p in points) * 1.15)
     ax.grid(True, alpha=0.25)
 
 
-def label_offsets(points: Sequence[tuple[float, float]], step: float = 9.0) -> list[float]:
+def _versus(mem: float, ppl: float, base: tuple[float, float] | None, s: Series, ctx: Context) -> str:
+    """`: -1.1% memory, -61% ppl` against the baseline's point ("" for the baseline or without one)."""
+    if base is None or canonical_name(s.optimizer) == ctx.baseline or not (base[0] > 0 and base[1] > 0):
+        return ""
+    return f": {(mem - base[0]) / base[0]:+.1%} memory, {(ppl - base[1]) / base[1]:+.0%} ppl"
+
+
+def label_offsets(points: Sequence[tuple[float, float]], step: float = 10.0) -> list[float]:
     """Vertical label offsets (points) so that labels of coinciding or close points stack, not overprint."""
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from swanbench.analysis.figures.common import Context, Series, SkipFigure, facet_rows, mean_ok, series_of, series_rows
+from swanbench.analysis import noise
 from swanbench.analysis.results import ALWAYS_AXES, OK, canonical_name, group_keys, numeric, select
 
 log = logging.getLogger(__name__)
@@ -51,33 +53,72 @@ def plot_perplexity(ctx: Context) -> Figure:
     series = series_of(curves, ctx.baseline)
     fig = Figure(figsize=(5.2 * len(xs) + 2.2, 3.4 * len(facets) + 0.6), layout="constrained")
     axes = fig.subplots(len(facets), len(xs), squeeze=False)
+    titles = {"_tokens": "against training tokens", "_seconds": "against training seconds"}
+    notes: list[str] = []
     for r, (model, device) in enumerate(facets):
         frame = select(curves, ALWAYS_AXES, (model, device))
         for c, (x, xlabel) in enumerate(xs):
-            _perplexity_panel(axes[r, c], frame, series, x, ctx, model, device)
+            notes += _perplexity_panel(axes[r, c], frame, series, x, ctx, model, device)
             axes[r, c].set_xlabel(xlabel)
-            axes[r, c].set_title(f"{model} · {device}", fontsize=10)
-        axes[r, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
-    fig.suptitle("Eval perplexity: mean over ok seeds, band = min–max over seeds\n"
-                 f"★ = tokens to target; dashed grey = {ctx.baseline} final; dotted with × = a failed run",
+            axes[r, c].set_title(f"{model} · {device}: eval perplexity {titles[x]}", fontsize=9)
+        # The legend of the tokens panel (the seconds panel may grey its curves), beside the last panel.
+        handles, labels = axes[r, 0].get_legend_handles_labels()
+        axes[r, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+    noisy = ("\n" + textwrap.fill("faint and dotted on the seconds axis: too noisy to judge against the baseline "
+                                   "(the rule of swanbench check): " + "; ".join(dict.fromkeys(notes)),
+                                   width=int(11 * fig.get_figwidth()))) if notes else ""
+    fig.suptitle("Eval perplexity: mean over ok seeds, band = min–max over seeds; legend: peak lr, seeds\n"
+                 f"★ = tokens to target; dashed grey = {ctx.baseline} final; dotted with × = a failed run{noisy}",
                  fontsize=9)
     return fig
 
 
+def lr_text(runs: pd.DataFrame | None, rows: pd.DataFrame) -> str:
+    """`lr 2e-3` for a series: the peak lr its runs recorded (runs.csv `lr`), several joined; "" if unknown."""
+    if runs is None or "lr" not in runs.columns:
+        return ""
+    ids = set(rows["run_id"]) if "run_id" in rows.columns else set()
+    values = numeric(runs[runs["run_id"].isin(ids)], "lr").dropna().unique()
+    return ("lr " + "/".join(f"{v:.3g}" for v in sorted(values))) if len(values) else ""
+
+
+def _seconds_noise(ctx: Context, model: str, device: str, series: Series):
+    """The noise verdict of a series' step time against the baseline's in this facet (None: not judged)."""
+    runs = ctx.results.runs
+    if runs is None:
+        return None
+    facet = facet_rows(runs, model, device)
+    rows = series_rows(facet, series)
+    base = facet[facet["optimizer"].map(canonical_name) == ctx.baseline]
+    if base.empty or canonical_name(series.optimizer) == ctx.baseline:
+        return noise.self_judge("step_ms", rows)
+    return noise.judge("step_ms", rows, base, series.optimizer, ctx.baseline)
+
+
 def _perplexity_panel(ax, frame: pd.DataFrame, series: list[Series], x: str, ctx: Context, model: str,
-                      device: str) -> None:
+                      device: str) -> list[str]:
+    """Draw one panel; returns the reasons for curves greyed as too noisy (the seconds axis only)."""
+    reasons = []
     for s in series:
         rows, label = series_rows(frame, s), s.label
         color = ctx.colors.get(s.optimizer, "black")
         ok = rows[rows["status"] == OK]
+        verdict = _seconds_noise(ctx, model, device, s) if x == "_seconds" else None
+        greyed = verdict is not None and verdict.noisy
+        if greyed:
+            reasons.append(f"{s.label}: step IQR/median {verdict.spreads[0]:.2f}")
         if not ok.empty:
             curve = mean_curve(ok, x)
             n = ok["run_id"].nunique()
-            ax.plot(curve["x"], curve["mean"], color=color, linewidth=1.6, linestyle=s.linestyle,
-                    label=f"{label} (n={n})")
+            lr = lr_text(ctx.results.runs, ok)
+            ax.plot(curve["x"], curve["mean"], color=color, linewidth=1.6, linestyle=":" if greyed else s.linestyle,
+                    alpha=0.35 if greyed else 1.0, label=f"{label} ({lr + ', ' if lr else ''}n={n})")
+            if greyed and len(curve):
+                ax.annotate(f"{label}: too noisy", (curve["x"].iloc[-1], curve["mean"].iloc[-1]), fontsize=7,
+                            color=color, alpha=0.8, xytext=(3, 0), textcoords="offset points", va="center")
             if n > 1:
                 ax.fill_between(curve["x"], curve["lo"], curve["hi"], color=color, alpha=0.2, linewidth=0)
-            _mark_target(ax, curve, _ok_runs_of(ctx, model, device, s), x, color)
+            _mark_target(ax, curve, _ok_runs_of(ctx, model, device, s), x, color, alpha=0.35 if greyed else 1.0)
         _draw_failed(ax, rows[rows["status"] != OK], x, label, color)
     target = _baseline_final(ctx, frame, model, device)
     if math.isfinite(target):
@@ -88,6 +129,7 @@ def _perplexity_panel(ax, frame: pd.DataFrame, series: list[Series], x: str, ctx
         ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
     ax.set_ylabel("eval perplexity (log scale)" if log_scale else "eval perplexity")
     ax.grid(True, which="both", alpha=0.25)
+    return reasons
 
 
 def _perplexity_yscale(ax) -> bool:
@@ -115,7 +157,7 @@ def _ok_runs_of(ctx: Context, model: str, device: str, series: Series) -> pd.Dat
     return rows[rows["status"] == OK]
 
 
-def _mark_target(ax, curve: pd.DataFrame, runs: pd.DataFrame, x: str, color: str) -> None:
+def _mark_target(ax, curve: pd.DataFrame, runs: pd.DataFrame, x: str, color: str, alpha: float = 1.0) -> None:
     """A star on the mean curve at the mean tokens-to-target of the seeds that reached it."""
     tokens = numeric(runs, "tokens_to_target").dropna() if not runs.empty else pd.Series(dtype=float)
     curve = curve.dropna(subset=["tokens"]).sort_values("tokens")
@@ -133,7 +175,8 @@ def _mark_target(ax, curve: pd.DataFrame, runs: pd.DataFrame, x: str, color: str
     else:
         x_at = float(seconds.mean()) if len(seconds) else float(np.interp(at, curve["tokens"], curve["x"]))
     y = float(np.exp(np.interp(at, curve["tokens"], np.log(curve["mean"]))))
-    ax.plot([x_at], [y], marker="*", markersize=13, color=color, markeredgecolor="black", linestyle="none")
+    ax.plot([x_at], [y], marker="*", markersize=13, color=color, markeredgecolor="black", linestyle="none",
+            alpha=alpha)
 
 
 def _draw_failed(ax, rows: pd.DataFrame, x: str, label: str, color: str) -> None:
