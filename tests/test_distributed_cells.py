@@ -44,6 +44,12 @@ optimizer = ["swan", "sinkgd"]
 # Equal up to float reduction order (measured: ~1e-7 relative after 4 steps); a data or gradient
 # mix-up moves the eval loss by > 1e-3.
 REL = 1e-5
+# SWAN's default whitening (b = 0.8, k = 10) amplifies fp32 rounding: the same normalised gradient whitened
+# as a batch of one (a rank's share) or of six (one process) differs by up to 9e-5 relative on nano's square
+# layers (the batched matmul rounds differently with the batch size), which moves the eval loss by ~2e-5
+# relative after 4 steps. A data
+# or gradient mix-up still moves it by > 1e-3.
+REL_SWAN = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +79,14 @@ def test_two_ranks_equal_one_rank(results, optimizer, parallelism):
     ref = single_runs.set_index("optimizer").loc[optimizer]
     multi = multi_runs
     row = multi[(multi["optimizer"] == optimizer) & (multi["parallelism"] == parallelism)].iloc[0]
-    assert row["final_eval_loss"] == pytest.approx(ref["final_eval_loss"], rel=REL)
-    assert row["final_eval_loss_galore"] == pytest.approx(ref["final_eval_loss_galore"], rel=REL)
+    rel = REL_SWAN if optimizer == "swan" else REL
+    assert row["final_eval_loss"] == pytest.approx(ref["final_eval_loss"], rel=rel)
+    assert row["final_eval_loss_galore"] == pytest.approx(ref["final_eval_loss_galore"], rel=rel)
     want = single_curves[single_curves["run_id"] == ref["run_id"]]
     got = multi_curves[multi_curves["run_id"] == row["run_id"]]
     assert list(got["tokens"]) == list(want["tokens"]) == [0, 256, 512]  # global tokens: 2 ranks x 2 x 32
     for column in ("eval_loss", "train_loss"):
-        assert got[column].tolist() == pytest.approx(want[column].tolist(), rel=REL, nan_ok=True)
+        assert got[column].tolist() == pytest.approx(want[column].tolist(), rel=rel, nan_ok=True)
     assert row["final_eval_loss"] < want["eval_loss"].iloc[0]  # it trained
     assert row["tokens_per_step"] == ref["tokens_per_step"] == 128 and row["tokens_seen"] == ref["tokens_seen"]
     variant = {"ddp": "DDP", "fsdp": "FSDP"}[parallelism] + {"swan": "SWAN", "sinkgd": "SinkGD"}[optimizer]
