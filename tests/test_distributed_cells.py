@@ -47,8 +47,7 @@ REL = 1e-5
 # SWAN's default whitening (b = 0.8, k = 10) amplifies fp32 rounding: the same normalised gradient whitened
 # as a batch of one (a rank's share) or of six (one process) differs by up to 9e-5 relative on nano's square
 # layers (the batched matmul rounds differently with the batch size), which moves the eval loss by ~2e-5
-# relative after 4 steps. A data
-# or gradient mix-up still moves it by > 1e-3.
+# relative after 4 steps. A data or gradient mix-up still moves it by > 1e-3.
 REL_SWAN = 1e-4
 
 
