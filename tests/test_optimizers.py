@@ -13,7 +13,7 @@ from optimizers import SWAN, NonFiniteGradientError, SinkGD
 from optimizers.testing import ToyLM, batch, hidden_names, loss_fn
 
 NAMES = optimizers.available()
-HYBRIDS = ["swan", "swan-fast", "sinkgd", "muon"]
+HYBRIDS = ["swan", "swan-fast", "sinkgd", "muon", "adamw-split", "muon-nomomentum"]
 STATELESS = ["swan", "swan-fast", "sinkgd"]
 
 
@@ -72,7 +72,8 @@ def test_info_is_complete(name):
 def test_info_state_numel_examples():
     m, n = 64, 48
     expected = {"adamw": 2 * m * n, "adam": 2 * m * n, "sgd": 0, "sgd-momentum": m * n, "adafactor": m + n,
-                "lion": m * n, "muon": m * n, "swan": 0, "swan-fast": 0, "sinkgd": 0}
+                "lion": m * n, "muon": m * n, "swan": 0, "swan-fast": 0, "sinkgd": 0,
+                "adamw-split": 2 * m * n, "muon-nomomentum": m * n}
     for name, numel in expected.items():
         assert optimizers.info(name).state_numel((m, n)) == numel, name
     assert optimizers.info("adafactor").state_numel((n,)) == n
