@@ -22,7 +22,7 @@ STAGES = (
     ("run", ("swanbench.run",)),
     ("launch", ("swanbench.launch",)),
     ("analyse", ("swanbench.analysis",)),
-    ("suite kinds", ("swanbench.runner", "swanbench.kernels", "swanbench.fit")),
+    ("suite kinds", ("swanbench.runner", "swanbench.tuning", "swanbench.kernels", "swanbench.fit")),
     ("command line", ("swanbench.kinds", "swanbench.commands", "swanbench.cli", "swanbench.__main__")),
 )
 MAX_LINES = 600  # a longer module states why in its docstring ("longer than 600 lines because ...")
