@@ -11,6 +11,9 @@ maintained package (`lion-pytorch`), never a copy. `swan`, `swan-fast`, `sinkgd`
 the hidden matrices (LLaMA: q/k/v/o/gate/up/down projections, or `rules=`) go to the matrix optimizer,
 everything else to AdamW at the global lr. The controls of a fair comparison are hybrids too: `adamw-split`
 (AdamW on both groups, each at its own lr) and `muon-nomomentum` (Newton-Schulz on the raw gradient).
+
+The module is longer than 600 lines because it is the one table that knows every optimizer (its builder,
+validation, memory and cost declarations side by side): split, an entry would be scattered over modules.
 """
 
 from __future__ import annotations

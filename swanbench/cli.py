@@ -29,6 +29,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("report", "swanbench.commands.report:report"),
     ("estimate", "swanbench.commands.estimate:estimate"),
     ("fit", "swanbench.commands.fit:fit"),
+    ("claims", "swanbench.commands.claims:claims"),
 ]
 
 

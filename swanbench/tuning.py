@@ -229,7 +229,7 @@ def plan_tables(suite: Suite, out_dir: Path, force: bool = False) -> tuple[Any, 
     for state in states:
         cell = evaluation_cell(state.group, state.chosen) if state.chosen is not None else None
         tuned = (_setting(state.chosen) + (f" (at edge: {', '.join(state.at_edge)})" if state.at_edge else "")
-                 if state.chosen is not None else ", ".join(f"{k} = tuned" for k in spec.tuned(state.group.optimizer)))
+                 if state.chosen is not None else f"tuned: {', '.join(spec.tuned(state.group.optimizer))}")
         for seed in suite.seeds:
             run_id = _run_id(cell, seed) if cell is not None else "(after tuning)"
             status = rundir.run_status(Path(out_dir) / "runs" / run_id) if cell is not None and not force else None

@@ -336,7 +336,7 @@ def test_the_dry_run_lists_trials_and_evaluation_runs_with_their_tokens(write_su
     for part in (trials, runs, summary):
         console.print(part)
     text = console.export_text()
-    assert text.count("to run") >= 6 + 6 and "(after tuning)" in text and "lr = tuned" in text
+    assert text.count("to run") >= 6 + 6 and "(after tuning)" in text and "tuned: lr" in text
     assert "6 tuning trials so far (2 group(s) x 3 grid trials; up to 2 more setting(s) per group" in text
     assert "256 training tokens each; then 6 evaluation runs (2 cells x 3 seeds), 512 training tokens each" in text
 
@@ -359,3 +359,38 @@ def test_real_workers_tune_then_evaluate(write_suite, tmp_path):
     assert list(outcome.statuses.values()) == ["ok"]
     row = pd.read_csv(out / "runs.csv").iloc[0]
     assert abs(float(row["lr"]) - best) < 1e-12 and row["cell_id"] == table["eval_cell_id"].iloc[0]
+
+
+# ---------------------------------------------------------------------------------------------- shipped suites
+
+def test_the_fair_showcase_is_fair_by_construction():
+    from swanbench.models import PRESETS
+
+    suite = load_suite("fair-token-efficiency")
+    spec = suite.tune
+    assert {c.optimizer for c in suite.cells} == {"adamw", "adamw-split", "swan", "sinkgd", "muon-nomomentum"}
+    assert suite.seeds == (0, 1, 2) and not set(spec.seeds) & set(suite.seeds)
+    assert spec.budget == 9 and spec.extensions == 2
+    cell = suite.cells[0]
+    assert spec.tokens == 81_920 and cell.steps * cell.tokens_per_step == 204_800
+    rest = {name: next(d.values for d in dims if d.name == "adamw_lr") for name, dims in spec.spaces.items()
+            if name != "adamw"}
+    assert len(set(rest.values())) == 1  # the four hybrid-like optimizers search the same rest-lr grid
+    preset = PRESETS[cell.model]
+    hidden = sum(m * n for m, n in preset.hidden_matrix_shapes())
+    assert preset.param_count() == 3_058_304 and round(hidden / preset.param_count(), 3) == 0.656
+    smoke = load_suite("fair-smoke")
+    assert {c.optimizer for c in smoke.cells} == {c.optimizer for c in suite.cells} and smoke.tune.budget == 2
+
+
+def test_paper_60m_dry_run_lists_trials_and_runs_without_gpu_or_network(tmp_path):
+    from typer.testing import CliRunner
+
+    from swanbench.cli import app
+
+    result = CliRunner().invoke(app, ["run", "paper-60m", "--out", str(tmp_path / "p"), "--dry-run"],
+                                env={"COLUMNS": "400", "HF_HUB_OFFLINE": "1"})
+    assert result.exit_code == 0, result.output
+    assert "45 tuning trials so far (5 group(s) x 9 grid trials; up to 2 more setting(s) per group" in result.output
+    assert "262,144,000 training tokens each; then 15 evaluation runs (5 cells x 3 seeds), 1,310,720,000" in result.output
+    assert not (tmp_path / "p").exists()
