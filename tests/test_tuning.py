@@ -394,3 +394,21 @@ def test_paper_60m_dry_run_lists_trials_and_runs_without_gpu_or_network(tmp_path
     assert "45 tuning trials so far (5 group(s) x 9 grid trials; up to 2 more setting(s) per group" in result.output
     assert "262,144,000 training tokens each; then 15 evaluation runs (5 cells x 3 seeds), 1,310,720,000" in result.output
     assert not (tmp_path / "p").exists()
+
+
+def test_the_report_section_shows_fixed_choices_and_extensions(tmp_path):
+    from swanbench.analysis.tuning import tuning_by_cell, tuning_section
+
+    rows = [{"optimizer": "adamw", "trial_seed": 100, "tokens": 64, "final_eval_loss": loss, "status": status,
+             "chosen": chosen, "at_edge": False, "edges": None, "model": "nano", "group_id": "g", "run_id": f"r{i}",
+             "extension": ext, "budget": 2, "extensions_allowed": 1, "eval_cell_id": "e", "tuned": "lr,betas",
+             "lr": lr, "betas": betas}
+            for i, (lr, betas, loss, status, chosen, ext) in enumerate([
+                (1e-3, "[0.9, 0.95]", 5.0, "ok", False, 0), (1e-3, "[0.9, 0.999]", 4.0, "ok", True, 0),
+                (1e-2, "[0.9, 0.95]", None, "diverged", False, 0), (1e-4, "[0.9, 0.999]", 4.5, "ok", False, 1)])]
+    pd.DataFrame(rows).to_csv(tmp_path / "tuning.csv", index=False)
+    text = "\n".join(tuning_section(tmp_path))
+    assert "lr in [0.001, 0.01], extended to 0.0001; betas in [[0.9, 0.95], [0.9, 0.999]]" in text
+    assert "| 4 (3 ok, 1 diverged) | 1 of 1 | lr = 0.001, betas = [0.9, 0.999] | 4.0000 | no |" in text
+    info = tuning_by_cell(pd.read_csv(tmp_path / "tuning.csv"))["e"]
+    assert info.chosen == (("lr", 1e-3), ("betas", (0.9, 0.999))) and info.used == 1 and info.trials == 4

@@ -61,8 +61,9 @@ def _true(value: Any) -> bool:
 
 
 def _values(value: Any) -> Any:
+    """A tuning.csv cell as the value that ran: numbers as they are, a JSON list (betas) as a tuple."""
     if isinstance(value, str) and value.startswith("["):
-        return json.loads(value)
+        return tuple(json.loads(value))
     return value
 
 
@@ -137,7 +138,7 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
-    return json.dumps(value) if isinstance(value, list) else str(value)
+    return json.dumps(list(value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _space(rows: pd.DataFrame, names: Sequence[str]) -> str:
