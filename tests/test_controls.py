@@ -168,3 +168,15 @@ def test_swan_ablation_workspace_is_within_the_declared_one(ablation, stage):
     assert declared == swan_workspace_numel(shape)
     own = shape[0] * shape[1] if stage == "x" else declared  # gradnorm-only holds only the fp32 copy
     assert 4 * own <= measured <= 4 * own + 64 and measured <= 4 * declared + 64
+
+
+def test_the_controls_under_fsdp_adamw_split_runs_and_an_orthogonalisation_is_refused():
+    """adamw-split's matrix part is elementwise (fine on row shards); Muon needs whole matrices."""
+    from optimizers.distributed import build_distributed
+
+    opt = build_distributed("adamw-split", ToyLM(0), "fsdp", adamw_lr=0.01)
+    assert isinstance(opt.optimizers["matrix"], torch.optim.AdamW)
+    with pytest.raises(ValueError, match="Muon has no FSDP variant"):
+        build_distributed("muon-nomomentum", ToyLM(0), "fsdp")
+    with pytest.raises(ValueError, match="SWANAblation has no FSDP variant"):
+        build_distributed("swan", ToyLM(0), "fsdp", ablation="gradnorm-only")
