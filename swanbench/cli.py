@@ -32,6 +32,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("estimate", "swanbench.commands.estimate:estimate"),
     ("fit", "swanbench.commands.fit:fit"),
     ("export", "swanbench.commands.export:export"),
+    ("claims", "swanbench.commands.claims:claims"),
 ]
 
 

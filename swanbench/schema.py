@@ -127,7 +127,11 @@ KERNELS_COLUMNS = (
     "operator", "method", "rows", "cols", "dtype", "device", "device_name", "steps", "ms_median",
     "ms_iqr", "flops", "tflops", "peak_bytes", "rel_error",
 )
-TUNING_COLUMNS = ("optimizer", "trial_seed", "tokens", "final_eval_loss", "status", "chosen", "at_edge")
+# tuning.csv: one row per tuning trial (`swanbench.tuning`); every tuned hyperparameter follows as a column of
+# its own, named as the optimizer names it (`lr`, `adamw_lr`, ...), and `tuned` lists those names.
+TUNING_COLUMNS = ("optimizer", "trial_seed", "tokens", "final_eval_loss", "status", "chosen", "at_edge",
+                  "edges", "model", "group_id", "run_id", "extension", "budget", "extensions_allowed",
+                  "eval_cell_id", "tuned")
 
 CATALOGUE: tuple[Column, ...] = (
     # ---- identity and axes
@@ -209,6 +213,20 @@ CATALOGUE: tuple[Column, ...] = (
     _bytes("estimate_*_bytes", "Analytic estimate of a part", role=ESTIMATE, better=None),
     Column("unexplained_bytes", ESTIMATE, "bytes", None, None, "Measured peak − estimate", "max",
            "what the analytic model misses"),
+    # ---- tuning trials (tuning.csv)
+    Column("trial_seed", IDENTITY, title="trial seed"),
+    Column("group_id", IDENTITY, title="tuning group",
+           note="cell_id of the evaluation cell before tuning: the trials that choose its hyperparameters"),
+    Column("chosen", INFO, title="chosen", note="this trial's setting was chosen (lowest mean final eval loss)"),
+    Column("at_edge", INFO, title="at grid edge",
+           note="the chosen setting sits at the edge of its grid in some hyperparameter, after extensions"),
+    Column("edges", INFO, title="hyperparameters at an edge", note="of the chosen setting, comma-separated"),
+    Column("extension", INFO, "count", title="extension",
+           note="0: a grid point; k: the k-th point added beyond an edge (the edge rule)"),
+    Column("budget", INFO, "count", title="tuning budget", note="grid trials per optimizer, the same for every optimizer"),
+    Column("extensions_allowed", INFO, "count", title="extensions allowed"),
+    Column("eval_cell_id", INFO, title="evaluation cell", note="cell_id of the evaluation cell with the chosen values"),
+    Column("tuned", INFO, title="tuned hyperparameters"),
     # ---- reasons
     Column("error", ERROR), Column("*_error", ERROR), Column("measure_errors", ERROR),
 )

@@ -22,7 +22,7 @@ STAGES = (
     ("run", ("swanbench.run",)),
     ("launch", ("swanbench.launch",)),
     ("analyse", ("swanbench.analysis",)),
-    ("suite kinds", ("swanbench.runner", "swanbench.kernels", "swanbench.fit")),
+    ("suite kinds", ("swanbench.runner", "swanbench.tuning", "swanbench.kernels", "swanbench.fit")),
     ("your own code", ("swanbench.api",)),
     ("command line", ("swanbench.kinds", "swanbench.commands", "swanbench.cli", "swanbench.__main__")),
 )

@@ -18,6 +18,7 @@ else:  # pragma: no cover - Python 3.10
 from swanbench.hints import did_you_mean
 from swanbench.suite.checks import check_names_and_models
 from swanbench.suite.overrides import apply_overrides, with_overrides_named
+from swanbench.suite.tune import load_tune
 from swanbench.suite.spec import (DATA_FIELDS, DATA_SOURCES, DEFAULT_BASELINE, KIND_TABLES, KINDS, SETTABLE, SUITES_DIR,
                                   TOP_KEYS, Cell, DataSpec, Suite, SuiteError, _check_value, _freeze_hparams, _is_int,
                                   check_keys, fail)
@@ -150,8 +151,9 @@ def _load_train_suite(path: Path, raw: dict, name: str, description: str) -> Sui
     # dict.fromkeys: the 1-rank cells of a parallelism axis coincide (one rank has no parallelism)
     cells = tuple(dict.fromkeys(_expand(path, defaults, axes, opt_tables, data)))
     baseline = _load_baseline(path, raw, cells)
+    tune = load_tune(path, raw["tune"], cells, seeds, opt_tables, matrix) if "tune" in raw else None
     return Suite(name, path, description, "train", cells, tuple(seeds), optimizer_tables=opt_tables,
-                 baseline=baseline)
+                 baseline=baseline, tune=tune)
 
 
 def _load_baseline(path: Path, raw: dict, cells: tuple[Cell, ...]) -> str:

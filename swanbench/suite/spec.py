@@ -24,7 +24,7 @@ SUITES_DIR = Path(__file__).resolve().parent.parent.parent / "suites"
 # `swanbench.kinds`); "train" suites are validated here.
 KIND_TABLES = {"train": None, "kernels": "kernels"}
 KINDS = tuple(KIND_TABLES)
-TOP_KEYS = {"name", "description", "kind", "baseline", "defaults", "optimizers", "data", "matrix",
+TOP_KEYS = {"name", "description", "kind", "baseline", "defaults", "optimizers", "data", "matrix", "tune",
             *filter(None, KIND_TABLES.values())}
 DEFAULT_BASELINE = "adamw"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -144,6 +144,7 @@ class Suite:
     optimizer_tables: dict = field(default_factory=dict, compare=False)  # the raw [optimizers.*] tables
     baseline: str = DEFAULT_BASELINE  # the optimizer verdicts, tokens-to-target and Diff % compare with
     overrides: tuple[str, ...] = field(default=(), compare=False)  # `--set ...`/`--only ...` from the command line
+    tune: Any = field(default=None, compare=False)  # a `swanbench.suite.tune.TuneSpec` when the suite has [tune]
 
     def runs(self) -> list[Run]:
         return [Run(c, s) for c in self.cells for s in self.seeds]
