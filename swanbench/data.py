@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from swanbench import userfiles
 from swanbench.suite import DataSpec, default_bpe_vocab
 
 EOT = "<|endoftext|>"
@@ -180,8 +181,8 @@ def load_encoder(spec: DataSpec, train_docs: list[Document] | None, corpus_key: 
     """The run's tokenizer: a local tokenizer.json, a hub name, or a BPE trained on the training split (cached)."""
     from tokenizers import Tokenizer
 
-    if spec.tokenizer and Path(spec.tokenizer).is_file():
-        return Encoder.from_tokenizers(Tokenizer.from_file(spec.tokenizer), spec.tokenizer)
+    if spec.tokenizer and Path(spec.tokenizer).is_file():  # DataError (one line) when it is not a tokenizer
+        return Encoder.from_tokenizers(userfiles.read_tokenizer(Path(spec.tokenizer), DataError), spec.tokenizer)
     if spec.tokenizer:
         return Encoder.from_hub(spec.tokenizer)
     vocab = spec.vocab_size or default_bpe_vocab(model_vocab)

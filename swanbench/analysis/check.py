@@ -28,7 +28,7 @@ from swanbench.analysis.tolerances import (
     DEFAULT_MATCH_ON, DEFAULT_TOLERANCES, CheckError, MetricRule, Tolerances, default_tolerances, load_tolerances,
     sidecar_path, tolerances_from_dict,
 )
-from swanbench.schema import RUNS_COLUMNS, RUNS_FILE
+from swanbench.schema import RUNS_COLUMNS, RUNS_FILE, STATUSES
 from swanbench.tables import TableError, read_table, write_rows_atomic
 
 # The gate's public surface: its own names and the tolerance names it passes through.
@@ -44,6 +44,12 @@ OK_STATUS = "ok"
 OK, FAIL = "ok", "FAIL"
 IMPROVED, NEW = "improved: update the baseline", "new: update the baseline"
 TOO_NOISY = "skip: too noisy to judge"
+# Classes whose empty value is an outcome, not a missing measure: tokens to target is empty for a run that
+# never reached it (the worst outcome), so a value now is an improvement, not a damaged baseline.
+EMPTY_IS_OUTCOME = frozenset({"progress"})
+# A measure the baseline's column leaves empty for a finished run, though the results have it: the gate
+# cannot judge it, so `check` stops with a CheckError (exit 2), never a pass.
+BASELINE_EMPTY = "no value in the baseline"
 
 # ------------------------------------------------------------------------------------------------ runs
 
@@ -77,14 +83,39 @@ def _identity(row: Mapping[str, Any], match_on: Sequence[str]) -> tuple[tuple[st
     return tuple(key)
 
 
-def _float(value: Any, path: Path, column: str, index: int) -> float | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+def _float(text: str, path: Path, column: str, index: int, judged: bool) -> float | None:
+    """A measure from its text in the file: empty is None (not measured); anything else must be a finite
+    number where the run is judged (`judged`: status ok). "nan" or "inf" is damage, not a measure: a gate
+    that read NaN as "not measured" would pass every comparison against a damaged baseline."""
+    text = text.strip()
+    if not text:
         return None
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise CheckError(f"{path}: row {index + 2}, column {column}: not a number ({value!r})") from None
+        number = float(text)
+    except ValueError:
+        raise CheckError(f"{path}: row {index + 2}, column {column}: not a number ({text!r})") from None
+    if not math.isfinite(number):
+        if judged:
+            raise CheckError(f"{path}: row {index + 2}, column {column}: not a finite number ({text!r}); "
+                             "a measured value is finite or empty")
+        return None  # a failed run's leftovers: its measures are never compared
     return number
+
+
+def _raw_text(path: Path, columns: Iterable[str]) -> list[dict[str, str]]:
+    """The cells of `columns` exactly as written (pandas would read "nan" and an empty cell alike)."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=list(columns))
+    return frame.to_dict("records")
+
+
+def _status(row: Mapping[str, Any], path: Path, index: int) -> str:
+    status = _text(row.get("status")).strip().lower()
+    if status not in STATUSES:
+        raise CheckError(f"{path}: row {index + 2}, column status: {status or 'empty'!r} is not a run status "
+                         f"({', '.join(STATUSES)})")
+    return status
 
 
 @dataclass(frozen=True)
@@ -111,9 +142,13 @@ def load_runs(path: Path, tolerances: Tolerances, role: str) -> RunTable:
     numeric |= {c for m in numeric for c in spread_columns(m)}
     numeric &= set(frame.columns)
     records = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    runs = [Run(key=_identity(row, tolerances.match_on), status=_text(row.get("status")),
-                values={c: _float(row.get(c), path, c, i) for c in numeric}, cell_id=_text(row.get("cell_id")))
-            for i, row in enumerate(records)]
+    texts = _raw_text(path, sorted(numeric)) if numeric else [{} for _ in records]
+    runs = []
+    for i, (row, text) in enumerate(zip(records, texts)):
+        status = _status(row, path, i)
+        values = {c: _float(text[c], path, c, i, judged=status == OK_STATUS) for c in numeric}
+        runs.append(Run(key=_identity(row, tolerances.match_on), status=status, values=values,
+                        cell_id=_text(row.get("cell_id"))))
     return RunTable(Path(path), tuple(frame.columns), runs, records)
 
 
@@ -267,7 +302,11 @@ def compare_metric(rule: MetricRule, label: str, base: Run, now: Run, base_table
     if rule.compare == "ratio":
         metric = f"{rule.metric} / {ref} {rule.reference_metric or rule.metric}"
         if dict(base.key).get("optimizer") == ref and not rule.reference_metric:
-            return None  # the reference's own ratio is 1 by definition
+            if rule.reference_band is None:
+                return None  # the reference's own ratio is 1 by definition
+            # What no ratio can judge, the reference's own value, is judged on its own, for gross changes
+            own = dataclasses.replace(rule, compare="relative", limit=rule.reference_band, reference_band=None)
+            return compare_metric(own, label, base, now, base_table, now_table, tol)
         base_ref, now_ref = _reference(base, base_table, ref), _reference(now, now_table, ref)
         if base.values.get(rule.metric) is not None and (base_ref is None or now_ref is None):
             # Without the reference run a time cannot be judged: say so instead of passing silently.
@@ -283,7 +322,11 @@ def compare_metric(rule: MetricRule, label: str, base: Run, now: Run, base_table
     if b is None and n is None:
         return None
     if b is None:
-        return Finding(label, metric, None, n, None, limit, NEW, rule.compare)
+        # The baseline has the column but no value for a run that finished: a damaged baseline (or one made
+        # where the measure failed) must not pass as "new". Only where empty is an outcome (never reached the
+        # target) is a value now an improvement.
+        verdict = IMPROVED if rule.klass in EMPTY_IS_OUTCOME else BASELINE_EMPTY
+        return Finding(label, metric, None, n, None, limit, verdict, rule.compare)
     if n is None:
         return Finding(label, metric, b, None, None, limit, f"{FAIL}: missing now", rule.compare)
     change, verdict = judge(rule, b, n, band)
@@ -370,7 +413,19 @@ def check(results: Path, baseline: Path, tolerances: Tolerances | None = None) -
     _check_columns(base, now, tol)
     report = CheckReport(str(results), str(baseline), tol.source)
     report.findings = compare_runs(base.runs, now.runs, tol)
+    _refuse_empty_baseline(report.findings, baseline)
     return report
+
+
+def _refuse_empty_baseline(findings: Sequence[Finding], baseline: Path) -> None:
+    """A baseline that lacks values the results have is damaged (or was made where the measure failed):
+    a CheckError, so that it can never pass the gate; a deliberate `--update` replaces it."""
+    empty = [f for f in findings if f.verdict == BASELINE_EMPTY]
+    if empty:
+        first = empty[0]
+        raise CheckError(f"baseline: {baseline}: {len(empty)} measure(s) empty for runs that finished, though "
+                         f"the results have them (first: {first.run} {first.metric}); a damaged baseline? "
+                         "write a new one deliberately with --update")
 
 
 def _header(path: Path) -> set[str] | None:

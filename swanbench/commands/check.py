@@ -23,7 +23,12 @@ def check(
     """Compare a results set against a committed baseline; exit 1 on a regression, 2 on bad input."""
     from swanbench.analysis import check as gate
 
+    from swanbench.userfiles import output_file_problem
+
     try:
+        problem = output_file_problem(summary) if summary is not None else None
+        if problem:
+            raise gate.CheckError(f"--summary {problem}")
         tol = gate.load_tolerances(tolerances) if tolerances else None
         if update:
             _update(gate, results, baseline, tol)

@@ -31,10 +31,14 @@ def run(
 
     from swanbench.kinds import RunOptions, kind_of
     from swanbench.suite import SuiteError, load_suite
+    from swanbench.userfiles import output_dir_problem
 
     options = RunOptions(out, dry_run, force, executor, slurm or [], Console())
     try:
         loaded = load_suite(suite, check_names=False)
+        problem = output_dir_problem(options.out(loaded), subdirs=("runs",))
+        if problem:  # before the seconds of validation, not after them
+            raise SuiteError(f"--out {problem}")
         kind = kind_of(loaded)
         prepared = kind.prepare(loaded, options)
     except SuiteError as exc:

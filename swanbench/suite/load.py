@@ -6,15 +6,10 @@ import dataclasses
 import itertools
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
+from swanbench import userfiles
 from swanbench.hints import did_you_mean
 from swanbench.suite.checks import check_names_and_models
 from swanbench.suite.spec import (DATA_FIELDS, DATA_SOURCES, DEFAULT_BASELINE, KIND_TABLES, KINDS, SETTABLE, SUITES_DIR,
@@ -57,13 +52,9 @@ def shipped_suites() -> dict[str, Path]:
 
 
 def read_toml(path: Path) -> dict:
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise SuiteError(f"{path}: not valid TOML ({exc})") from None
-    except OSError as exc:
-        raise SuiteError(f"{path}: cannot read ({exc.strerror})") from None
+    """The suite file's TOML document; a SuiteError naming the file for anything it cannot be (not UTF-8,
+    not TOML, nested too deeply, unreadable)."""
+    return userfiles.read_toml(path, SuiteError)
 
 
 def load_suite(name_or_path: str | Path | None = None, *, check_names: bool = True) -> Suite:
@@ -135,9 +126,26 @@ def _load_train_suite(path: Path, raw: dict, name: str, description: str) -> Sui
         raise fail(path, "matrix.seed", "repeated seeds")
     # dict.fromkeys: the 1-rank cells of a parallelism axis coincide (one rank has no parallelism)
     cells = tuple(dict.fromkeys(_expand(path, defaults, axes, opt_tables, data)))
+    _check_one_directory_per_cell(path, cells, axes)
     baseline = _load_baseline(path, raw, cells)
     return Suite(name, path, description, "train", cells, tuple(seeds), optimizer_tables=opt_tables,
                  baseline=baseline)
+
+
+def _check_one_directory_per_cell(path: Path, cells: tuple[Cell, ...], axes: dict[str, list]) -> None:
+    """Two different cells with one cell_id would share a run directory (one overwriting the other, two
+    identical rows in runs.csv): whatever a suite varies must be part of the identity. The fields left out
+    of it on purpose (`NOT_IDENTITY`: a timeout, a snapshot switch) may be set, but not varied."""
+    seen: dict[str, Cell] = {}
+    for cell in cells:
+        other = seen.setdefault(cell.cell_id, cell)
+        if other is cell:
+            continue
+        differ = [f.name for f in dataclasses.fields(Cell) if getattr(cell, f.name) != getattr(other, f.name)]
+        key = next((f"matrix.{name}" for name in differ if name in axes), f"matrix.{differ[0]}" if differ else "matrix")
+        raise fail(path, key, f"varies ({getattr(other, differ[0])!r} vs {getattr(cell, differ[0])!r}) but is not "
+                   f"part of a run's identity, so two cells would share run directory runs/{cell.cell_id}-s<seed>; "
+                   "give it one value in [defaults]")
 
 
 def _load_baseline(path: Path, raw: dict, cells: tuple[Cell, ...]) -> str:
