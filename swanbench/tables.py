@@ -95,7 +95,7 @@ def check_shape(path: Path) -> None:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise TableError(f"{path}: not a CSV table (not UTF-8 text: byte {exc.start}, {exc.reason})") from None
+        raise TableError(f"{path}: not a readable CSV table (not UTF-8 text: byte {exc.start}, {exc.reason})") from None
     except OSError as exc:
         raise TableError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not text.strip():
@@ -114,7 +114,7 @@ def check_shape(path: Path) -> None:
                 raise TableError(f"{path}: line {reader.line_num} has {len(row)} fields, the header "
                                  f"{len(header)} (truncated or damaged)")
     except csv.Error as exc:
-        raise TableError(f"{path}: not a CSV table (line {reader.line_num}: {exc})") from None
+        raise TableError(f"{path}: not a readable CSV table (line {reader.line_num}: {exc})") from None
 
 
 def check_numbers(frame: pd.DataFrame, path: Path) -> None:

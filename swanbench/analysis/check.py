@@ -29,7 +29,7 @@ from swanbench.analysis.tolerances import (
     sidecar_path, tolerances_from_dict,
 )
 from swanbench.schema import RUNS_COLUMNS, RUNS_FILE, STATUSES
-from swanbench.tables import TableError, read_table, write_rows_atomic
+from swanbench.tables import TableError, check_shape, read_table, write_rows_atomic
 
 # The gate's public surface: its own names and the tolerance names it passes through.
 __all__ = [
@@ -404,6 +404,12 @@ def check(results: Path, baseline: Path, tolerances: Tolerances | None = None) -
     baseline = Path(baseline)
     if not baseline.is_file():
         raise CheckError(f"baseline: {baseline}: no such file (write one deliberately with --update)")
+    for role, path in (("baseline", baseline), ("results", runs_path(results))):
+        if path.is_file():  # a damaged file is named as such, before its header is read for the identity
+            try:
+                check_shape(path)
+            except TableError as exc:
+                raise CheckError(f"{role}: {exc}") from None
     tol = tolerances or baseline_tolerances(baseline)
     tol = _shared_identity(tol, baseline, runs_path(results))
     base = load_runs(baseline, tol, "baseline")

@@ -50,6 +50,33 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def set_reproducible(cell: Any, seed: int) -> None:
+    """Everything a rerun needs to reproduce this run bit for bit, set before any work (env.json records it:
+    `torch_threads`, `deterministic_algorithms`, `cpu_capability`, the thread variables).
+
+    On CPU a rerun on the same machine type (the same `cpu_capability`, i.e. the same vectorised kernels),
+    with the same torch build and thread count, gives the same losses to the last bit: every source of
+    randomness is seeded (torch here and in `train`, numpy's generators by the seed, Python's `random`), and
+    torch is asked for deterministic algorithms. Another thread count or CPU type sums in another order:
+    the losses then agree to about 1e-3 nats after 100 steps, not bit for bit (docs/quality.md). On CUDA
+    deterministic algorithms are not forced: they would change the kernels, and so the step times, this
+    harness measures.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    from swanbench.env import resolve_device
+
+    set_threads(cell.threads)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if resolve_device(cell.device) == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def run(run_dir: Path, events) -> int:
     """Run the configured (cell, seed) and write its tables; returns the process exit code."""
     from swanbench import env as envmod
@@ -57,7 +84,7 @@ def run(run_dir: Path, events) -> int:
 
     config = json.loads((run_dir / rundir.CONFIG_FILE).read_text())
     cell = Cell.from_dict(config["cell"])
-    set_threads(cell.threads)
+    set_reproducible(cell, config["seed"])
     # Under torchrun (world_size > 1) every rank runs this; rank 0 speaks for the run (env, events, curve),
     # every rank writes its own row (rank-<r>.csv) and the parent combines them into run.csv.
     from swanbench.run.ranks import launched_rank, shutdown
