@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from swanbench import rundir, schema
+from swanbench import rundir, schema, userfiles
 from swanbench.launch import WORKER_CMD, cell_worker_cmd, execute
 from swanbench.suite import Run, Suite, SuiteError
 
@@ -166,7 +166,7 @@ def prepare_data(suite: Suite, cells: Sequence[Any], console) -> None:
     seen = set()
     for cell in cells:
         key = (cell.data, get_preset(cell.model).vocab)
-        online = cell.data.source == "c4" or (cell.data.tokenizer and not Path(cell.data.tokenizer).is_file())
+        online = cell.data.source == "c4" or (cell.data.tokenizer and not userfiles.is_file(cell.data.tokenizer))
         if online or key in seen:  # a hub tokenizer or C4: the network, inside the run
             continue
         seen.add(key)

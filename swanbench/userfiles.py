@@ -30,6 +30,23 @@ def one_line(text: object, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+def is_file(path: Path | str) -> bool:
+    """Path.is_file, but False for a name the OS refuses (too long, a NUL byte) instead of an exception:
+    a string that may be a file or a hub name (a tokenizer) is then a name."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def exists(path: Path | str) -> bool:
+    """Path.exists, but False for a name the OS refuses (too long, a NUL byte) instead of an exception."""
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def read_text(path: Path, error: ErrorClass, what: str = "text") -> str:
     """The file's text (UTF-8); `error` with one line when it is missing, a folder, unreadable or not UTF-8."""
     path = Path(path)
@@ -92,11 +109,11 @@ def _first_existing(path: Path) -> Path:
     return Path(".")
 
 
-def output_dir_problem(path: Path, subdirs: tuple[str, ...] = ()) -> str | None:
+def output_dir_problem(path: Path, subdirs: tuple[str, ...] = (), files: tuple[str, ...] = ()) -> str | None:
     """Why `path` cannot be (or become) a folder this process writes into, or None. Creates nothing.
 
     A folder is fine when it exists and is writable, or when its nearest existing ancestor is a writable
-    folder; `subdirs` (e.g. "runs") must be folders where they already exist.
+    folder; `subdirs` (e.g. "runs") must be folders and `files` (e.g. "runs.csv") files where they exist.
     """
     path = Path(path)
     anchor = _first_existing(path)
@@ -106,6 +123,9 @@ def output_dir_problem(path: Path, subdirs: tuple[str, ...] = ()) -> str | None:
         for sub in subdirs:
             if os.path.lexists(path / sub) and not (path / sub).is_dir():
                 return f"{path}: {path / sub} exists and is not a directory"
+        for name in files:
+            if (path / name).is_dir():
+                return f"{path}: {path / name} is a directory, not a file"
     elif not anchor.is_dir():
         return f"{path}: cannot create it, {anchor} is a file, not a directory"
     if not os.access(anchor, os.W_OK | os.X_OK):

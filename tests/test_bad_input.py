@@ -111,11 +111,14 @@ def test_run_out_is_checked_before_validation(write_suite, tiny_suite_text, tmp_
         one_line_error(invoke("run", suite, "--out", out, "--dry-run"), "--out", problem)
 
 
-def test_run_out_with_a_file_where_the_runs_folder_goes(write_suite, tiny_suite_text, tmp_path):
+@pytest.mark.parametrize("occupied, kind", [("runs", "file"), ("runs.csv", "folder"), ("curves.csv", "folder"),
+                                            ("report.md", "folder")])
+def test_run_out_with_the_wrong_kind_of_entry_where_the_run_writes(write_suite, tiny_suite_text, tmp_path,
+                                                                    occupied, kind):
     out = tmp_path / "o"
     out.mkdir()
-    (out / "runs").write_text("")
-    one_line_error(invoke("run", write_suite(tiny_suite_text), "--out", out), "--out", "runs")
+    (out / occupied).mkdir() if kind == "folder" else (out / occupied).write_text("")
+    one_line_error(invoke("run", write_suite(tiny_suite_text), "--out", out), "--out", occupied)
 
 
 def test_other_commands_check_their_outputs(tmp_path):
@@ -230,6 +233,9 @@ DAMAGED_BASELINES = {
     "version-fraction": _damaged("schema_version", "2.5"),
     "status-empty": _damaged("status", "", "adamw"),
     "status-unknown": _damaged("status", "fine", "swan"),
+    "optimizer-empty": _damaged("optimizer", "", "sgd"),
+    "seed-empty": _damaged("seed", "", "swan"),
+    "seed-text": _damaged("seed", "zero", "swan"),
 }
 
 
@@ -359,6 +365,13 @@ def test_a_field_outside_the_identity_may_be_set_once(write_suite, tiny_suite_te
     suite = load_suite(write_suite(tiny_suite_text.replace(old, new)))
     runs = suite.runs()
     assert len(runs) == len({r.run_id for r in runs}) == 1 and runs[0].cell.timeout_s == 200
+
+
+@pytest.mark.parametrize("axis", ['"hparams.lr" = [1, 1.0]', '"hparams.nesterov" = [true, 1]', "seed = [0, 0]",
+                                  'dtype = ["float32", "float32"]'])
+def test_an_axis_with_one_value_twice_is_one_line(write_suite, tiny_suite_text, axis):
+    suite = write_suite(tiny_suite_text.replace("seed = [0]\n", "").replace("[matrix]\n", f"[matrix]\n{axis}\n"))
+    one_line_error(invoke("run", suite, "--dry-run"), str(suite), "repeated values")
 
 
 def test_every_planned_run_of_the_shipped_suites_has_its_own_directory():

@@ -47,6 +47,8 @@ TOO_NOISY = "skip: too noisy to judge"
 # Classes whose empty value is an outcome, not a missing measure: tokens to target is empty for a run that
 # never reached it (the worst outcome), so a value now is an improvement, not a damaged baseline.
 EMPTY_IS_OUTCOME = frozenset({"progress"})
+# Identity columns every run has a value in (others, such as parallelism on one rank, may be empty).
+NAMED_BY = ("suite", "optimizer", "model", "seed")
 # A measure the baseline's column leaves empty for a finished run, though the results have it: the gate
 # cannot judge it, so `check` stops with a CheckError (exit 2), never a pass.
 BASELINE_EMPTY = "no value in the baseline"
@@ -147,8 +149,12 @@ def load_runs(path: Path, tolerances: Tolerances, role: str) -> RunTable:
     for i, (row, text) in enumerate(zip(records, texts)):
         status = _status(row, path, i)
         values = {c: _float(text[c], path, c, i, judged=status == OK_STATUS) for c in numeric}
-        runs.append(Run(key=_identity(row, tolerances.match_on), status=status, values=values,
-                        cell_id=_text(row.get("cell_id"))))
+        key = _identity(row, tolerances.match_on)
+        empty = [c for c, v in key if c in NAMED_BY and not v]
+        if empty:  # a damaged row would turn into "missing run" (exit 1) instead of bad input (exit 2)
+            raise CheckError(f"{path}: row {i + 2}, column {empty[0]}: empty; every run names its "
+                             f"{', '.join(NAMED_BY)}")
+        runs.append(Run(key=key, status=status, values=values, cell_id=_text(row.get("cell_id"))))
     return RunTable(Path(path), tuple(frame.columns), runs, records)
 
 

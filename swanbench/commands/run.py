@@ -36,7 +36,7 @@ def run(
     options = RunOptions(out, dry_run, force, executor, slurm or [], Console())
     try:
         loaded = load_suite(suite, check_names=False)
-        problem = output_dir_problem(options.out(loaded), subdirs=("runs",))
+        problem = output_dir_problem(options.out(loaded), subdirs=("runs",), files=TABLE_FILES)
         if problem:  # before the seconds of validation, not after them
             raise SuiteError(f"--out {problem}")
         kind = kind_of(loaded)
@@ -53,6 +53,10 @@ def run(
         raise typer.Exit(130) from None
     except SuiteError as exc:  # e.g. a kernel method whose operator the optimizers package lacks
         _fail(str(exc))
+
+
+# The tables and pages a run writes into its output folder: a folder of one of these names is an error up front.
+TABLE_FILES = ("runs.csv", "ranks.csv", "curves.csv", "kernels.csv", "machine.csv", "report.md")
 
 
 def _fail(message: str, code: int = 2) -> None:

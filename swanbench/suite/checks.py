@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from swanbench import userfiles
 from swanbench.env import resolve_device
 from swanbench.hints import did_you_mean
 from swanbench.suite.spec import MAX_CPU_RANKS, Cell, DataSpec, Suite, fail
@@ -91,7 +92,7 @@ def data_vocab_size(spec: DataSpec, model_vocab: int) -> int | None:
     fails the suite before anything runs instead of crashing every run."""
     if spec.tokenizer is None:
         return spec.vocab_size if spec.vocab_size is not None else default_bpe_vocab(model_vocab)
-    if Path(spec.tokenizer).is_file():
+    if userfiles.is_file(spec.tokenizer):
         return _tokenizer_file_vocab(spec.tokenizer)
     return None
 
@@ -100,8 +101,6 @@ def data_vocab_size(spec: DataSpec, model_vocab: int) -> int | None:
 def _tokenizer_file_vocab(path: str) -> int:
     """The vocabulary (added tokens included) of a local tokenizer.json, loaded as a run loads it;
     ValueError (one line naming the file) when it is not a tokenizer file."""
-    from swanbench import userfiles
-
     return userfiles.read_tokenizer(Path(path), ValueError).get_vocab_size(with_added_tokens=True)
 
 
@@ -125,7 +124,7 @@ def check_runtime(suite: Suite, *, check_devices: bool = True) -> None:
         model = _tiny_model()
         try:
             optimizers.build(cell.optimizer, model, **cell.hparams_dict())
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the build raises, these hyperparameters cannot run
             raise fail(suite.path, f"optimizers.{cell.optimizer}", _one_line(exc)) from None
     if check_devices:
         for device, dtype in sorted({(c.device, c.dtype) for c in suite.cells}):

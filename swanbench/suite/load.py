@@ -177,15 +177,15 @@ def _load_data(path: Path, table: dict) -> DataSpec:
         if "path" not in table:
             raise fail(path, "data.path", "source = \"file\" needs a path (.txt or .jsonl)")
         file = (path.parent / table["path"]).resolve()  # relative to the suite file
-        if not file.is_file():
+        if not userfiles.is_file(file):
             raise fail(path, "data.path", f"no such file {file}")
         values["path"] = str(file)
     elif "path" in table:
         raise fail(path, "data.path", f"only used with source = \"file\" (source is {source!r})")
     tok = values.get("tokenizer")
-    if tok and (tok.endswith(".json") or Path(tok).exists()):
+    if tok and (tok.endswith(".json") or userfiles.exists(Path(tok))):
         tok_path = (path.parent / tok).resolve()
-        if not tok_path.is_file():
+        if not userfiles.is_file(tok_path):
             raise fail(path, "data.tokenizer", f"no such tokenizer file {tok_path}")
         values["tokenizer"] = str(tok_path)
     if source == "c4" and not tok:
@@ -208,8 +208,15 @@ def _load_matrix(path: Path, matrix: dict) -> dict[str, list]:
             values = [_check_value(path, f"matrix.{key}", v) for v in values]
         if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
             raise fail(path, f"matrix.{key}", "repeated values")
+        if _equal_pair(values):  # one cell, not two
+            raise fail(path, f"matrix.{key}", "repeated values (1 and 1.0, or 1 and true, are the same value)")
         axes[key] = values
     return axes
+
+
+def _equal_pair(values: list) -> bool:
+    """Two values of an axis that Python holds equal (1 and 1.0, 1 and true): one cell, not two."""
+    return any(a == b for i, a in enumerate(values) for b in values[i + 1:])
 
 
 def _expand(path: Path, defaults: dict, axes: dict[str, list], opt_tables: dict, data: DataSpec) -> Iterator[Cell]:
