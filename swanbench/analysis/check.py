@@ -4,16 +4,20 @@
 RESULTS and compares each measure with the rule of its class (`swanbench.analysis.tolerances`):
 
 - ``exact``    byte counts by role (parameters, gradients, optimizer state) must equal the baseline.
-- ``relative`` allocator and process peaks within a band that is a factor either way (0.05: 1.05x).
-- ``ratio``    times, as a ratio to the reference optimizer's run (AdamW) of the same identity in the
-               *same* results set, so a faster or slower CI machine cancels out; then as ``relative``.
-               The band widens with the runs' own spread (the ``<name>_iqr_ms`` columns).
+- ``relative`` allocator peaks within a band that is a factor either way (0.05: 1.05x).
+- ``ratio``    times and process memory (RSS, NVML), as a ratio to the reference optimizer's run (AdamW)
+               of the same identity in the *same* results set, so a faster or slower CI machine, or
+               another environment, cancels out; then as ``relative``. The band widens with the runs' own
+               spread (the ``<name>_iqr_ms`` columns); the reference's own value is judged by itself
+               where the class sets ``reference_band`` (RSS: only a change beyond a factor 2).
 - ``absolute`` losses on a fixed seed within an absolute epsilon (nats).
 
 Each measure has a better direction (``lower``, ``higher`` or ``none`` = any change is suspect). Both
 directions are reported; only the bad one fails, and a change beyond the band in the good direction
 says "update the baseline". A missing run, a changed schema, a value present in the baseline but now
-empty, or a corrupt or missing baseline is an error or a failure, never a pass.
+empty, or a corrupt or missing baseline is an error or a failure, never a pass; a damaged baseline (a
+truncated file, a `nan` or `inf` measure, an empty measure the results have, a bad status) is a
+`CheckError`, exit 2, never read as "not measured".
 """
 
 from __future__ import annotations
@@ -150,10 +154,11 @@ def load_runs(path: Path, tolerances: Tolerances, role: str) -> RunTable:
         status = _status(row, path, i)
         values = {c: _float(text[c], path, c, i, judged=status == OK_STATUS) for c in numeric}
         key = _identity(row, tolerances.match_on)
-        empty = [c for c, v in key if c in NAMED_BY and not v]
+        empty = [c for c, v in key if c in NAMED_BY and not v] + (["schema_version"] if not _text(
+            row.get("schema_version")) else [])
         if empty:  # a damaged row would turn into "missing run" (exit 1) instead of bad input (exit 2)
             raise CheckError(f"{path}: row {i + 2}, column {empty[0]}: empty; every run names its "
-                             f"{', '.join(NAMED_BY)}")
+                             f"{', '.join(NAMED_BY)} and schema_version")
         runs.append(Run(key=key, status=status, values=values, cell_id=_text(row.get("cell_id"))))
     return RunTable(Path(path), tuple(frame.columns), runs, records)
 
