@@ -157,8 +157,8 @@ def prepare_data(suite: Suite, cells: Sequence[Any], console) -> None:
     in its own process, and the heap that leaves behind is in its peak RSS while later runs, which read
     the cache, never carry it: on the CI suite the first run (AdamW) measured 754 MiB of peak RSS against
     629 MiB with the cache warm (RSS when its meter started: 643 vs 516 MiB). Every run now starts alike.
-    C4 and hub tokenizers come from the network inside the run and are left alone. A source that cannot give tokens (a
-    file with no text, say) is a SuiteError before anything runs.
+    C4 and hub tokenizers come from the network inside the run and are left alone. A source that cannot
+    give tokens (a file with no text, say) is a SuiteError before anything runs.
     """
     from swanbench.data import DataError, load_local
     from swanbench.models import get_preset

@@ -22,7 +22,6 @@ def check(
 ) -> None:
     """Compare a results set against a committed baseline; exit 1 on a regression, 2 on bad input."""
     from swanbench.analysis import check as gate
-
     from swanbench.userfiles import output_file_problem
 
     try:

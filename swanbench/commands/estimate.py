@@ -31,7 +31,6 @@ def estimate(
     from rich.console import Console
 
     from swanbench import estimate as est
-
     from swanbench.userfiles import output_file_problem
 
     names = [n.strip() for n in optimizer.split(",") if n.strip()]
