@@ -132,6 +132,7 @@ def test_other_commands_check_their_outputs(tmp_path):
         one_line_error(invoke("estimate", "-m", "nano", "--out", Path(out) / "e.csv"), "--out")
         one_line_error(invoke("check", results, "--baseline", CI_BASELINE, "--summary", Path(out) / "s.md"),
                        "--summary")
+        one_line_error(invoke("check", results, "--baseline", Path(out) / "b.csv", "--update"), "--baseline")
     one_line_error(invoke("estimate", "-m", "nano", "--out", tmp_path), "--out", "is a directory")
 
 

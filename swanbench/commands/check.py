@@ -25,9 +25,10 @@ def check(
     from swanbench.userfiles import output_file_problem
 
     try:
-        problem = output_file_problem(summary) if summary is not None else None
-        if problem:
-            raise gate.CheckError(f"--summary {problem}")
+        for flag, target in (("--summary", summary), ("--baseline", baseline if update else None)):
+            problem = output_file_problem(target) if target is not None else None
+            if problem:  # before the comparison, not after it
+                raise gate.CheckError(f"{flag} {problem}")
         tol = gate.load_tolerances(tolerances) if tolerances else None
         if update:
             _update(gate, results, baseline, tol)
