@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Stages, earliest first; a module is in the stage of its longest matching prefix.
 STAGES = (
     ("foundations", ("swanbench", "swanbench.hints", "swanbench.schema", "swanbench.schedule", "swanbench.models",
-                     "swanbench.costmodel", "swanbench.env", "swanbench.terminal")),
+                     "swanbench.costmodel", "swanbench.env", "swanbench.terminal", "swanbench.userfiles")),
     ("tables and suites", ("swanbench.tables", "swanbench.suite", "swanbench.data", "swanbench.estimate")),
     ("run directory", ("swanbench.rundir",)),
     ("measure", ("swanbench.trackers",)),
