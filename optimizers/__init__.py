@@ -16,7 +16,7 @@ from optimizers import functional
 from optimizers.hybrid import LLAMA_RULES, HybridOptimizer, partition
 from optimizers.registry import OptimizerInfo, available, build, info, missing, registered, resolve_hparams
 from optimizers.declare import ParamContext
-from optimizers import external, peers  # noqa: F401,E402 - importing them registers the peers and the hooks
+from optimizers import controls, external, peers  # noqa: F401,E402 - importing them registers their entries
 from optimizers.stateless import SWAN, NonFiniteGradientError, SinkGD
 
 __all__ = [

@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 DISTRIBUTED_MODES = ("ddp", "fsdp")
+# Matrix optimizers whose update is elementwise: correct on FSDP's row shards with no variant.
+ELEMENTWISE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 
 
 def assign_owners(costs: Sequence[float], world_size: int) -> list[int]:
@@ -323,7 +325,8 @@ def build_distributed(name: str, model: torch.nn.Module, mode: str, *, process_g
     matrix = parts.get("matrix")
     variant = DISTRIBUTED_VARIANTS[mode].get(type(matrix)) if matrix is not None else None
     if variant is None:
-        if matrix is not None and mode == "fsdp":
+        # torch's elementwise optimizers (adamw-split's matrix part) update a row shard as they would the whole
+        if matrix is not None and mode == "fsdp" and not isinstance(matrix, ELEMENTWISE):
             raise ValueError(f"optimizer {name!r}: its matrix optimizer {type(matrix).__name__} has no FSDP "
                              "variant (it needs whole matrices); use parallelism = \"ddp\"")
         return opt

@@ -11,7 +11,10 @@ are `f(shape)` or `f(shape, context)` (`optimizers.declare`).
 Baselines are torch's own optimizers (fused kernels where the device has them, else foreach) or a
 maintained package (`lion-pytorch`), never a copy. `swan`, `swan-fast`, `sinkgd` and `muon` are hybrids:
 the hidden matrices (LLaMA: q/k/v/o/gate/up/down projections, or `rules=`) go to the matrix optimizer,
-everything else to AdamW at the global lr.
+everything else to AdamW at the global lr. Entries registered elsewhere, with this module's `_register`:
+the controls of a fair comparison (`optimizers.controls`: `adamw-split`, `muon-nomomentum`, SWAN's
+ablation), the memory-efficient peers (`optimizers.peers`), and optimizers from outside the package
+(`optimizers.external`: import paths, entry points).
 """
 
 from __future__ import annotations

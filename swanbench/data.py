@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from swanbench import userfiles
 from swanbench.suite import DataSpec, default_bpe_vocab
 
 EOT = "<|endoftext|>"
@@ -235,8 +236,8 @@ def load_encoder(spec: DataSpec, train_docs: list[Document] | None, corpus_key: 
     """The run's tokenizer: a local tokenizer.json, a hub name, or a BPE trained on the training split (cached)."""
     from tokenizers import Tokenizer
 
-    if spec.tokenizer and Path(spec.tokenizer).is_file():
-        return Encoder.from_tokenizers(Tokenizer.from_file(spec.tokenizer), spec.tokenizer)
+    if spec.tokenizer and userfiles.is_file(spec.tokenizer):  # DataError (one line) when it is not a tokenizer
+        return Encoder.from_tokenizers(userfiles.read_tokenizer(Path(spec.tokenizer), DataError), spec.tokenizer)
     if spec.tokenizer:
         return Encoder.from_hub(spec.tokenizer)
     vocab = spec.vocab_size or default_bpe_vocab(model_vocab)
@@ -374,7 +375,7 @@ def load_local(spec: DataSpec, model_vocab: int) -> TokenData:
     if spec.tokenizer is None:
         tok_tag = f"bpe{spec.vocab_size or default_bpe_vocab(model_vocab)}"
     else:  # a tokenizer file is keyed by its content, a hub name by the name
-        source = Path(spec.tokenizer).read_bytes() if Path(spec.tokenizer).is_file() else spec.tokenizer.encode()
+        source = Path(spec.tokenizer).read_bytes() if userfiles.is_file(spec.tokenizer) else spec.tokenizer.encode()
         tok_tag = "tok-" + hashlib.sha256(source).hexdigest()[:8]
     paths = {s: cache_dir() / "tokens" / f"{key}-{tok_tag}-{s}.npy" for s in ("train", "val")}
     need_docs = not all(p.is_file() for p in paths.values()) or (

@@ -68,7 +68,7 @@ def device_info(device: str | None = None) -> dict[str, Any]:
 
     resolved = resolve_device(device or "auto")
     info: dict[str, Any] = {"device": resolved, "cuda_available": torch.cuda.is_available(),
-                            "cuda_version": torch.version.cuda, "torch_threads": torch.get_num_threads()}
+                            "cuda_version": torch.version.cuda, **reproducibility()}
     if resolved.startswith("cuda") and torch.cuda.is_available():
         index = torch.device(resolved).index or 0
         props = torch.cuda.get_device_properties(index)
@@ -95,6 +95,25 @@ def precision_settings() -> dict[str, Any]:
             "cudnn_allow_tf32": bool(cudnn.allow_tf32),
             "cuda_matmul_fp32_precision": getattr(matmul, "fp32_precision", None),
             "cudnn_fp32_precision": getattr(cudnn, "fp32_precision", None)}
+
+
+# Environment variables that change how many threads the math libraries use, and so the summation order.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_CBWR", "ATEN_CPU_CAPABILITY")
+
+
+def reproducibility() -> dict[str, Any]:
+    """What decides whether a rerun gives the same numbers to the last bit (imports torch): thread counts,
+    torch's deterministic-algorithms switch, the CPU kernels' instruction set and the thread variables."""
+    import torch
+
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = None
+    return {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cpu_capability": capability,
+            "thread_env": " ".join(f"{k}={os.environ[k]}" for k in THREAD_VARIABLES if k in os.environ) or None}
 
 
 def _total_ram() -> int | None:

@@ -59,13 +59,15 @@ class TrainKind:
     def prepare(self, suite: Suite, options: RunOptions) -> _TrainRun:
         from swanbench import runner
         from swanbench.launch.cluster import ExecutorError, make_dispatcher
-        from swanbench.suite import check_names_and_models, check_runtime
+        from swanbench.suite import check_names_and_models, check_runtime, check_tune_runtime
 
         planned = runner.plan(suite, options.out(suite), options.force)
         # Every run complete: each ran with these exact names, so a resume answers without importing torch.
-        if options.dry_run or not all(p.skip for p in planned):
+        # (A tuned suite's evaluation cells are known only after tuning: it is always checked.)
+        if options.dry_run or suite.tune is not None or not all(p.skip for p in planned):
             check_names_and_models(suite)
             check_runtime(suite, check_devices=not options.dry_run)
+            check_tune_runtime(suite)
         try:  # bad executors and cluster options fail before anything runs
             dispatcher = make_dispatcher(options.executor, options.out(suite), options.slurm)
             if dispatcher is not None:
@@ -78,6 +80,13 @@ class TrainKind:
         from swanbench import runner
 
         suite, out_dir = prepared.suite, options.out(prepared.suite)
+        if suite.tune is not None:
+            from swanbench import tuning
+
+            trials, runs, summary = tuning.plan_tables(suite, out_dir, options.force)
+            for part in (trials, runs, summary):
+                options.console.print(part)
+            return
         planned = runner.plan(suite, out_dir, options.force)
         options.console.print(runner.plan_table(suite, planned))
         todo = sum(not p.skip for p in planned)
@@ -88,11 +97,26 @@ class TrainKind:
         from swanbench import runner, schema
 
         out_dir = options.out(prepared.suite)
-        outcome = runner.run_suite(prepared.suite, out_dir, force=options.force, console=options.console,
-                                   dispatcher=prepared.dispatcher, command=options.command)
+        suite, tuned = prepared.suite, None
+        if suite.tune is not None:  # tune every optimizer first; the evaluation cells carry the chosen values
+            from swanbench import tuning
+
+            tuned = tuning.tune(suite, out_dir, force=options.force, console=options.console,
+                                dispatcher=prepared.dispatcher)
+            for line in tuned.left_out:
+                options.console.print(f"[yellow]not evaluated:[/] {line}")
+            suite = tuned.suite
+        outcome = runner.run_suite(suite, out_dir, force=options.force, console=options.console,
+                                   dispatcher=prepared.dispatcher, publish=tuned is None or bool(suite.cells),
+                                   command=options.command)
+        if tuned is not None and tuned.executed and not outcome.executed:
+            from swanbench.analysis.publish import publish_suite
+
+            publish_suite(out_dir, options.console, baseline=suite.baseline, command=options.command)  # tuning changed what is reported
         options.console.print(runner.summary_table(out_dir))
         took = time.perf_counter() - options.started
-        options.console.print(f"{len(outcome.executed)} runs executed, {len(outcome.skipped)} already complete; "
+        trials = f"{len(tuned.executed)} tuning trial runs and " if tuned is not None else ""
+        options.console.print(f"{trials}{len(outcome.executed)} runs executed, {len(outcome.skipped)} already complete; "
                               f"tables: {out_dir / schema.RUNS_FILE}, {out_dir / schema.CURVES_FILE}; "
                               f"took {took:.1f} s")
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from swanbench import rundir, schema
+from swanbench import rundir, schema, userfiles
 from swanbench.launch import WORKER_CMD, cell_worker_cmd, execute
-from swanbench.suite import Run, Suite
+from swanbench.suite import Run, Suite, SuiteError
 
 
 @dataclass
@@ -124,6 +124,7 @@ def run_suite(suite: Suite, out_dir: Path, *, force: bool = False, console=None,
     outcome.statuses = {p.run.run_id: p.previous_status for p in planned if p.skip}
     if outcome.skipped:
         console.print(f"resume: {len(outcome.skipped)} of {len(planned)} runs already complete in {out_dir}")
+    prepare_data(suite, [p.run.cell for p in todo], console)
     with _sigterm_as_interrupt(), SuiteProgress(console, [p.run for p in todo], enabled=progress) as bar:
         def finished(p: PlannedRun, status: str) -> None:
             outcome.executed.append(p.run.run_id)
@@ -148,6 +149,34 @@ def run_suite(suite: Suite, out_dir: Path, *, force: bool = False, console=None,
         publish_suite(out_dir, console, baseline=suite.baseline, command=command)
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def prepare_data(suite: Suite, cells: Sequence[Any], console) -> None:
+    """Fill the token cache (`swanbench.data`: the trained tokenizer and the token ids) here, once, before
+    the first run, for every local data source the runs to do use.
+
+    Why: otherwise the first run of a suite on a fresh machine parses the corpus and trains the tokenizer
+    in its own process, and the heap that leaves behind is in its peak RSS while later runs, which read
+    the cache, never carry it: on the CI suite the first run (AdamW) measured 754 MiB of peak RSS against
+    629 MiB with the cache warm (RSS when its meter started: 643 vs 516 MiB). Every run now starts alike.
+    C4 and hub tokenizers come from the network inside the run and are left alone. A source that cannot
+    give tokens (a file with no text, say) is a SuiteError before anything runs.
+    """
+    from swanbench.data import DataError, load_local
+    from swanbench.models import get_preset
+
+    seen = set()
+    for cell in cells:
+        key = (cell.data, get_preset(cell.model).vocab)
+        online = cell.data.source == "c4" or (cell.data.tokenizer and not userfiles.is_file(cell.data.tokenizer))
+        if online or key in seen:  # a hub tokenizer or C4: the network, inside the run
+            continue
+        seen.add(key)
+        console.print(f"data: {cell.data.source} tokens for vocab {key[1]} (cached for every run)")
+        try:
+            load_local(cell.data, key[1])
+        except DataError as exc:
+            raise SuiteError(f"{suite.path}: data: {exc}") from None
 
 
 @contextlib.contextmanager

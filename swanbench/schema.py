@@ -62,6 +62,10 @@ INFO = "info"              # facts about the run (versions, host, resolved hyper
 ERROR = "error"            # why a run failed or why a measure is missing (one line)
 
 
+# Units whose columns hold numbers; a column without a unit is a label unless its entry says numeric=True.
+NUMERIC_UNITS = frozenset({"bytes", "ms", "s", "tokens", "tokens/s", "nats", "x", "count", "%"})
+
+
 @dataclass(frozen=True)
 class Column:
     """One column (or a family, when `name` is a glob such as `optimizer_state_bytes.*`).
@@ -82,6 +86,12 @@ class Column:
     title: str = ""
     ranks: str = "first"
     note: str = ""
+    numeric: bool | None = None  # None: numeric when the unit is one of NUMERIC_UNITS
+
+    @property
+    def is_numeric(self) -> bool:
+        """Whether every value of the column is a number (or empty): what a table reader checks."""
+        return self.numeric if self.numeric is not None else self.unit in NUMERIC_UNITS
 
     def matches(self, column: str) -> bool:
         return column == self.name or (_is_glob(self.name) and fnmatch.fnmatchcase(column, self.name))
@@ -127,7 +137,11 @@ KERNELS_COLUMNS = (
     "operator", "method", "rows", "cols", "dtype", "device", "device_name", "steps", "ms_median",
     "ms_iqr", "flops", "tflops", "peak_bytes", "rel_error",
 )
-TUNING_COLUMNS = ("optimizer", "trial_seed", "tokens", "final_eval_loss", "status", "chosen", "at_edge")
+# tuning.csv: one row per tuning trial (`swanbench.tuning`); every tuned hyperparameter follows as a column of
+# its own, named as the optimizer names it (`lr`, `adamw_lr`, ...), and `tuned` lists those names.
+TUNING_COLUMNS = ("optimizer", "trial_seed", "tokens", "final_eval_loss", "status", "chosen", "at_edge",
+                  "edges", "model", "group_id", "run_id", "extension", "budget", "extensions_allowed",
+                  "eval_cell_id", "tuned")
 
 CATALOGUE: tuple[Column, ...] = (
     # ---- identity and axes
@@ -139,7 +153,7 @@ CATALOGUE: tuple[Column, ...] = (
     Column("seq_len", AXIS, "tokens", title="seq"), Column("batch_size", AXIS, "count", title="batch"),
     Column("grad_accum", AXIS, "count", title="grad accum"), Column("parallelism", AXIS, title="parallelism"),
     Column("steps", AXIS, "count", title="steps"), Column("eval_tokens", AXIS, "tokens", title="eval tokens"),
-    Column("data", AXIS, title="data"), Column("seed", IDENTITY, title="seed"),
+    Column("data", AXIS, title="data"), Column("seed", IDENTITY, title="seed", numeric=True),
     Column("status", IDENTITY, title="status"), Column("swanbench_version", IDENTITY),
     Column("torch_version", IDENTITY), Column("rank", IDENTITY, title="rank"),
     # ---- exact tensor bytes by role
@@ -191,10 +205,10 @@ CATALOGUE: tuple[Column, ...] = (
     Column("final_eval_loss", MEASURE, "nats", "lower", "losses", "Final eval loss (token-weighted)"),
     Column("final_eval_loss_galore", MEASURE, "nats", "lower", "losses", "Final eval loss (GaLore-compatible)"),
     Column("final_eval_ppl", MEASURE, "", "lower", "perplexity", "Final eval perplexity (token-weighted)",
-           note="lower is better"),
+           note="lower is better", numeric=True),
     Column("final_eval_ppl_galore", MEASURE, "", "lower", "perplexity",
            "Final eval perplexity (GaLore-compatible)",
-           note="the reference script's biased mean, for comparing with published tables"),
+           note="the reference script's biased mean, for comparing with published tables", numeric=True),
     Column("tokens_to_target", ANNOTATION, "tokens", "lower", "progress", "Tokens to reach the target perplexity",
            note="empty seeds did not reach it"),
     Column("steps_to_target", ANNOTATION, "count", "lower", None, "Steps to reach the target"),
@@ -204,11 +218,33 @@ CATALOGUE: tuple[Column, ...] = (
            note="baseline's total tokens / tokens to target; higher is better, 1 = as fast as the baseline"),
     Column("target_eval_loss", ANNOTATION, "nats"), Column("target_run_id", ANNOTATION),
     Column("baseline_tokens", ANNOTATION, "tokens"),
+    # ---- curves.csv: one row per eval point
+    Column("step", MEASURE, "count", title="step"), Column("tokens", MEASURE, "tokens", title="tokens"),
+    Column("train_loss", MEASURE, "nats", "lower", title="train loss"),
+    Column("eval_loss", MEASURE, "nats", "lower", title="eval loss (token-weighted)"),
+    Column("eval_loss_galore", MEASURE, "nats", "lower", title="eval loss (GaLore-compatible)"),
+    Column("eval_ppl", MEASURE, "", "lower", title="eval perplexity", numeric=True),
+    Column("eval_ppl_galore", MEASURE, "", "lower", title="eval perplexity (GaLore-compatible)", numeric=True),
+    Column("lr", INFO, "", title="learning rate", numeric=True),
     # ---- the estimate
     _bytes("estimate_bytes", "Analytic estimate of the peak (swanbench estimate)", role=ESTIMATE, better=None),
     _bytes("estimate_*_bytes", "Analytic estimate of a part", role=ESTIMATE, better=None),
     Column("unexplained_bytes", ESTIMATE, "bytes", None, None, "Measured peak − estimate", "max",
            "what the analytic model misses"),
+    # ---- tuning trials (tuning.csv)
+    Column("trial_seed", IDENTITY, title="trial seed"),
+    Column("group_id", IDENTITY, title="tuning group",
+           note="cell_id of the evaluation cell before tuning: the trials that choose its hyperparameters"),
+    Column("chosen", INFO, title="chosen", note="this trial's setting was chosen (lowest mean final eval loss)"),
+    Column("at_edge", INFO, title="at grid edge",
+           note="the chosen setting sits at the edge of its grid in some hyperparameter, after extensions"),
+    Column("edges", INFO, title="hyperparameters at an edge", note="of the chosen setting, comma-separated"),
+    Column("extension", INFO, "count", title="extension",
+           note="0: a grid point; k: the k-th point added beyond an edge (the edge rule)"),
+    Column("budget", INFO, "count", title="tuning budget", note="grid trials per optimizer, the same for every optimizer"),
+    Column("extensions_allowed", INFO, "count", title="extensions allowed"),
+    Column("eval_cell_id", INFO, title="evaluation cell", note="cell_id of the evaluation cell with the chosen values"),
+    Column("tuned", INFO, title="tuned hyperparameters"),
     # ---- reasons
     Column("error", ERROR), Column("*_error", ERROR), Column("measure_errors", ERROR),
 )
@@ -240,6 +276,12 @@ def better(name: str) -> str:
     """"lower", "higher" or "none"; columns the catalogue does not know are lower-is-better."""
     entry = column(name)
     return entry.better if entry and entry.better else "lower"
+
+
+def is_numeric(name: str) -> bool:
+    """Whether the catalogue says `name` holds numbers (columns it does not know: no)."""
+    entry = column(name)
+    return entry is not None and entry.is_numeric
 
 
 def rank_aggregate(name: str) -> str:

@@ -8,6 +8,7 @@ A value a device cannot give is left empty, never written as zero. Tables are wr
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import tempfile
@@ -69,30 +70,80 @@ def write_rows_atomic(path: Path, rows: Sequence[Mapping[str, object]], columns:
 
 
 def read_table(path: Path, required: Iterable[str] = ()) -> pd.DataFrame:
-    """Read a results CSV, failing with one clear line if it is missing, corrupt or lacks columns."""
+    """Read a results CSV, failing with one clear line (naming the file, and the row and column where there
+    is one) if it is missing, truncated, corrupt, lacks columns or holds text where the catalogue says a
+    column is numeric. Nothing is ever built from a fragment of a table."""
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: no such results file")
+    check_shape(path)
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise TableError(f"{path}: not a readable CSV table ({type(exc).__name__}: {exc})") from None
+        raise TableError(f"{path}: not a readable CSV table ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())})") from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise TableError(f"{path}: missing column(s) {', '.join(missing)} (schema changed or wrong file?)")
+    check_numbers(frame, path)
     return upgrade(frame, path)
 
 
+def check_shape(path: Path) -> None:
+    """TableError unless the file is UTF-8 CSV whose every row has the header's number of fields and which
+    ends with a newline. Tables are written whole (`write_rows_atomic`), so a last line without its newline
+    or a short row is a truncated or damaged file, which pandas would read as a smaller table."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TableError(f"{path}: not a readable CSV table (not UTF-8 text: byte {exc.start}, {exc.reason})") from None
+    except OSError as exc:
+        raise TableError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not text.strip():
+        return  # pandas says "no columns" for an empty file
+    if not text.endswith(("\n", "\r")):
+        raise TableError(f"{path}: ends in the middle of a row (truncated?): a table's last line ends with a "
+                         "newline")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            raise TableError(f"{path}: column(s) {', '.join(repeated)} appear twice in the header (damaged?)")
+        for row in reader:
+            if row and len(row) != len(header):
+                raise TableError(f"{path}: line {reader.line_num} has {len(row)} fields, the header "
+                                 f"{len(header)} (truncated or damaged)")
+    except csv.Error as exc:
+        raise TableError(f"{path}: not a readable CSV table (line {reader.line_num}: {exc})") from None
+
+
+def check_numbers(frame: pd.DataFrame, path: Path) -> None:
+    """TableError naming the row and column of the first value that is not a number in a column the
+    catalogue (`swanbench.schema`) says is numeric; empty cells are fine (not measured)."""
+    import pandas as pd
+
+    for name in frame.columns:
+        if not schema.is_numeric(name) or pd.api.types.is_numeric_dtype(frame[name]):
+            continue
+        values = frame[name]
+        bad = values.notna() & pd.to_numeric(values, errors="coerce").isna()
+        if bad.any():
+            index = int(bad.to_numpy().nonzero()[0][0])
+            raise TableError(f"{path}: row {index + 2}, column {name}: not a number ({values.iloc[index]!r})")
+
+
 def _versions(frame: pd.DataFrame, path: Path) -> set[int]:
+    """The schema versions of the rows that carry one (a kernels table's machine rows do not): whole numbers."""
     import pandas as pd
 
     try:
         values = pd.to_numeric(frame["schema_version"].dropna(), errors="raise")
     except (ValueError, TypeError):
         raise TableError(f"{path}: schema_version is not a number") from None
-    if not all(float(v).is_integer() for v in values):
+    if not all(math.isfinite(float(v)) and float(v).is_integer() for v in values):
         raise TableError(f"{path}: schema_version is not an integer")
     return {int(v) for v in values}
 

@@ -15,14 +15,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # Stages, earliest first; a module is in the stage of its longest matching prefix.
 STAGES = (
     ("foundations", ("swanbench", "swanbench.hints", "swanbench.schema", "swanbench.schedule", "swanbench.models",
-                     "swanbench.costmodel", "swanbench.env", "swanbench.terminal")),
+                     "swanbench.costmodel", "swanbench.env", "swanbench.terminal", "swanbench.userfiles")),
     ("tables and suites", ("swanbench.tables", "swanbench.suite", "swanbench.data", "swanbench.estimate")),
     ("run directory", ("swanbench.rundir",)),
     ("measure", ("swanbench.trackers",)),
     ("run", ("swanbench.run",)),
     ("launch", ("swanbench.launch",)),
     ("analyse", ("swanbench.analysis",)),
-    ("suite kinds", ("swanbench.runner", "swanbench.kernels", "swanbench.fit")),
+    ("suite kinds", ("swanbench.runner", "swanbench.tuning", "swanbench.kernels", "swanbench.fit")),
     ("your own code", ("swanbench.api",)),
     ("command line", ("swanbench.kinds", "swanbench.commands", "swanbench.cli", "swanbench.__main__")),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from swanbench.tables import write_rows_atomic
 MB = 1 << 20
 # Optimizer times are judged as ratios to AdamW's whole training step (the table's metric names).
 OPT, WHITEN = "optimizer_step_ms / adamw step_ms", "whitening_ms / adamw step_ms"
+# Process RSS too, as a ratio to AdamW's RSS in the same results set; AdamW's own RSS by itself.
+RSS = "peak_rss_bytes / adamw peak_rss_bytes"
 
 
 def _run(optimizer: str, **measures) -> dict:
@@ -73,11 +76,12 @@ def test_identical_results_pass(tmp_path, baseline):
     assert report.passed and not report.improvements
     # Exact bytes, RSS, ratios (not for the reference itself) and losses are all compared.
     metrics = {f.metric for f in report.findings if f.run == "swan"}
-    assert {"optimizer_state_bytes", "peak_rss_bytes", OPT,
+    assert {"optimizer_state_bytes", RSS, OPT,
             WHITEN, "final_eval_loss"} <= metrics
     # The reference's own step ratio is 1 by definition; its optimizer step against its whole step is not.
     adamw = {f.metric for f in report.findings if f.run == "adamw"}
     assert "step_ms / adamw step_ms" not in adamw and OPT in adamw
+    assert RSS not in adamw and "peak_rss_bytes" in adamw  # its own RSS, for gross changes only
     # CPU cannot give allocator peaks: empty on both sides is not compared at all.
     assert "peak_allocated_bytes" not in {f.metric for f in report.findings}
 
@@ -122,10 +126,31 @@ def test_per_group_state_bytes_are_exact_through_the_glob_rule(tmp_path):
 
 @pytest.mark.parametrize("factor, verdict", [(1.25, "FAIL"), (1.03, "ok"), (0.97, "ok"),
                                              (0.70, "improved: update the baseline")])
-def test_rss_peak_relative_band(tmp_path, baseline, factor, verdict):
+def test_rss_peak_ratio_band(tmp_path, baseline, factor, verdict):
     report = gate.check(_results(tmp_path, _rows(sinkgd={"peak_rss_bytes": int(400 * MB * factor)})), baseline)
-    assert _verdict(report, "sinkgd", "peak_rss_bytes") == verdict
+    assert _verdict(report, "sinkgd", RSS) == verdict
     assert report.passed == (verdict != "FAIL")
+
+
+@pytest.mark.parametrize("factor", [0.8, 1.16, 1.425, 1.9])
+def test_rss_moving_with_the_environment_for_every_optimizer_passes(tmp_path, baseline, factor):
+    """A fresh venv, another allocator or machine moves every run's RSS alike (+16 % to +42.5 % measured):
+    the ratios to AdamW stay put, and AdamW's own RSS fails only beyond a factor 2."""
+    moved = {opt: {"peak_rss_bytes": int(400 * MB * factor)} for opt in ("adamw", "sgd", "swan", "sinkgd")}
+    report = gate.check(_results(tmp_path, _rows(**moved)), baseline)
+    assert report.passed, gate.render_text(report)
+    assert {_verdict(report, opt, RSS) for opt in ("sgd", "swan", "sinkgd")} == {"ok"}
+    assert _verdict(report, "adamw", "peak_rss_bytes") == "ok"
+
+
+@pytest.mark.parametrize("factor, verdict", [(1.425, "ok"), (1.9, "ok"), (2.2, "FAIL")])
+def test_reference_rss_alone_fails_only_a_gross_change(tmp_path, baseline, factor, verdict):
+    """The CI failure of the issue: only AdamW's RSS up 42.5 % (its run paid the first-run caches). Its own
+    value passes below a factor 2; the others' ratios fall, which is never a failure."""
+    report = gate.check(_results(tmp_path, _rows(adamw={"peak_rss_bytes": int(400 * MB * factor)})), baseline)
+    assert _verdict(report, "adamw", "peak_rss_bytes") == verdict
+    assert report.passed == (verdict != "FAIL")
+    assert {_verdict(report, opt, RSS) for opt in ("sgd", "swan", "sinkgd")} == {"improved: update the baseline"}
 
 
 def test_profiler_category_peaks_are_compared_through_the_glob_rule(tmp_path):
@@ -431,15 +456,63 @@ def test_ci_suite_matches_its_baseline():
     assert {c.device for c in suite.cells} == {"cpu"}  # a GPU box must produce the baseline's identities
 
 
-def test_committed_baseline_passes_against_itself(tmp_path):
-    report = gate.check(_results(tmp_path, _committed_rows()), CI_BASELINE)
-    assert report.passed and not report.improvements
-    assert {"optimizer_state_bytes", "final_eval_loss", "peak_rss_bytes"} <= {f.metric for f in report.findings}
+def test_committed_baseline_bytes_are_those_of_the_model():
+    """The committed exact bytes against the model itself (not against the table): fp32 parameters and
+    gradients; AdamW two moments per parameter; SGD none; SWAN and SinkGD none on the hidden matrices and
+    AdamW's two moments on the rest (embeddings, head, norms)."""
+    from swanbench.models import build_model
+
+    model = build_model("nano")
+    params = sum(p.numel() for p in model.parameters())
+    hidden = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and ".layers." in n)
+    assert 0 < hidden < params
+    rows = {r["optimizer"]: r for r in _committed_rows()}
+    assert set(rows) == {"adamw", "sgd", "swan", "sinkgd"}
+    for row in rows.values():
+        assert int(row["param_bytes"]) == int(row["grad_bytes"]) == 4 * params
+    assert int(rows["adamw"]["optimizer_state_bytes"]) == 2 * 4 * params
+    assert int(rows["sgd"]["optimizer_state_bytes"]) == 0
+    for name in ("swan", "sinkgd"):
+        assert int(rows[name]["optimizer_state_bytes"]) == 2 * 4 * (params - hidden)
+
+
+def _as_on_another_machine(rows: list[dict], slower: float, rss: float, loss: float) -> list[dict]:
+    """The committed runs as a slower machine in a fresh environment would measure them: every time times
+    `slower`, throughput divided by it, every process's RSS times `rss`, losses shifted by `loss` nats."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        for column, value in row.items():
+            if value in ("", None):
+                continue
+            if column.endswith("_ms"):
+                row[column] = float(value) * slower
+            elif column == "tokens_per_s":
+                row[column] = float(value) / slower
+            elif column == "peak_rss_bytes":
+                row[column] = int(float(value) * rss)
+            elif column.startswith("final_eval_loss"):
+                row[column] = float(value) + loss
+            elif column.startswith("final_eval_ppl"):
+                row[column] = float(value) * math.exp(loss)
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("slower, rss, loss", [(1.3, 0.9, 0.01), (2.5, 1.16, 0.015), (0.6, 1.425, -0.015)])
+def test_committed_baseline_passes_what_another_machine_measures(tmp_path, slower, rss, loss):
+    """Speed, environment and thread-count drift (within the loss epsilon) never fail the gate."""
+    report = gate.check(_results(tmp_path, _as_on_another_machine(_committed_rows(), slower, rss, loss)),
+                        CI_BASELINE)
+    assert report.passed, gate.render_text(report)
+    judged = {f.metric for f in report.findings if f.verdict == "ok"}
+    assert {"optimizer_state_bytes", "final_eval_loss", RSS, "peak_rss_bytes", OPT} <= judged
 
 
 @pytest.mark.parametrize("optimizer, scale, metric", [
     ("swan", {"optimizer_state_bytes": 2}, "optimizer_state_bytes"),
-    ("sinkgd", {"peak_rss_bytes": 1.5}, "peak_rss_bytes"),  # beyond the committed 35% RSS band
+    ("sinkgd", {"peak_rss_bytes": 1.5}, RSS),  # beyond the committed 15 % band of the ratio to AdamW
+    ("adamw", {"peak_rss_bytes": 2.5}, "peak_rss_bytes"),  # AdamW's own: beyond a factor 2
     ("swan", {"optimizer_step_ms": 10}, OPT),
     ("sinkgd", {"final_eval_loss": 0.1}, "final_eval_loss"),
 ])

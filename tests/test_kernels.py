@@ -246,8 +246,8 @@ def test_quick_suite_machine_models_and_env(quick_run):
     models = read_table(out / K.MODELS_FILE, required=K.MODEL_COLUMNS)
     nano = models[models["model"] == "nano"]
     assert nano["measured_step_ms"].notna().all() and (nano["flop_share"] > 0).all()
-    assert set(models["config"]) == {c.label for c in cm.STEP_CONFIGS}
-    assert set(models["optimizer"]) == {c.optimizer for c in cm.STEP_CONFIGS}
+    assert set(models["config"]) == {c.label for c in ksummary.summary_configs()}  # STEP_CONFIGS + registry
+    assert set(models["optimizer"]) == {c.optimizer for c in ksummary.summary_configs()}
     big = models[models["model"] == "1b"]  # 1b shapes are not in the quick suite: measured stays empty
     assert big["measured_step_ms"].isna().all() and big["missing"].notna().all()
     env = json.loads((out / K.ENV_FILE).read_text())
@@ -283,8 +283,11 @@ def test_model_summary_sums_measured_parts():
 def test_model_summary_names_configurations_by_registry_and_label():
     limits = kmeasure.MachineLimits(**LIMITS)
     summary = K.model_summary(_sinkgd_rows("nano"), limits, ["nano"], 1000, "cpu", None)
-    assert [(s["optimizer"], s["config"]) for s in summary] == [(c.optimizer, c.label) for c in cm.STEP_CONFIGS]
-    for s, config in zip(summary, cm.STEP_CONFIGS):
+    # the cost model's named configurations first, then any other registry entry with step parts
+    configs = ksummary.summary_configs()
+    assert configs[:len(cm.STEP_CONFIGS)] == list(cm.STEP_CONFIGS)
+    assert [(s["optimizer"], s["config"]) for s in summary] == [(c.optimizer, c.label) for c in configs]
+    for s, config in zip(summary, configs):
         assert s["step_flops"] == cm.step_flops(PRESETS["nano"].hidden_matrix_shapes(), config.flops)
 
 

@@ -13,7 +13,7 @@ from optimizers import SWAN, NonFiniteGradientError, SinkGD
 from optimizers.testing import ToyLM, allocation_peak, batch, hidden_names, loss_fn, step_allocation_peak
 
 NAMES = optimizers.available()
-HYBRIDS = ["swan", "swan-fast", "sinkgd", "muon", "galore", "apollo", "apollo-mini"]
+HYBRIDS = ["swan", "swan-fast", "sinkgd", "muon", "galore", "apollo", "apollo-mini", "adamw-split", "muon-nomomentum"]
 STATELESS = ["swan", "swan-fast", "sinkgd"]
 # Hyperparameters the toy model needs: it has no transformers config for Adam-mini's heads, and its 16-wide
 # matrices want a rank below 16 for the low-rank peers to be low-rank at all.
@@ -75,7 +75,8 @@ def test_info_is_complete(name):
 def test_info_state_numel_examples():
     m, n = 64, 48
     expected = {"adamw": 2 * m * n, "adam": 2 * m * n, "sgd": 0, "sgd-momentum": m * n, "adafactor": m + n,
-                "lion": m * n, "muon": m * n, "swan": 0, "swan-fast": 0, "sinkgd": 0}
+                "lion": m * n, "muon": m * n, "swan": 0, "swan-fast": 0, "sinkgd": 0,
+                "adamw-split": 2 * m * n, "muon-nomomentum": m * n}
     for name, numel in expected.items():
         assert optimizers.info(name).state_numel((m, n)) == numel, name
     assert optimizers.info("adafactor").state_numel((n,)) == n

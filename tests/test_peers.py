@@ -180,7 +180,7 @@ def test_the_papers_weights_and_state_tables_with_their_differences(model):
 def test_estimate_cli_takes_the_rank_and_answers_in_json():
     import json
 
-    cmd = [sys.executable, "-m", "swanbench", "estimate", "-m", "1b", "-o", "adamw,galore,apollo,torch.optim:NAdam",
+    cmd = [sys.executable, "-m", "swanbench", "estimate", "-m", "1b", "--optimizer", "adamw,galore,apollo,torch.optim:NAdam",
            "--dtype", "bfloat16", "--hp", "rank=512", "--hp", "apollo.rank=256", "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -327,7 +327,7 @@ def test_only_curves_table(tmp_path):
     (tmp_path / "runs.csv").unlink()
     done = draw_figures(tmp_path, formats=("pdf",))
     assert [p.name for p in done.paths] == ["perplexity.pdf"]
-    assert set(done.skipped) == {"memory", "time", "kernels", "pareto"}
+    assert set(done.skipped) == {"memory", "time", "kernels", "pareto", "tuning"}
     assert not (tmp_path / "figures" / "memory.pdf").exists()  # drawn from runs.csv before: now stale
 
 
@@ -374,7 +374,8 @@ def test_publish_writes_figures_report_and_command(tmp_path):
     done = publish_suite(root, Console(), command="swanbench run suites/quickstart.toml", formats=("png",))
     done, report = done["figures"], done["report"]
     assert (root / "command.txt").read_text() == "swanbench run suites/quickstart.toml\n"
-    assert len(done.paths) == 4 and done.skipped == {"kernels": "no kernels.csv"}
+    assert len(done.paths) == 4 and done.skipped == {"kernels": "no kernels.csv",
+                                                      "tuning": "no tuning.csv (the suite has no [tune] table)"}
     text = report.read_text()
     assert "swanbench run suites/quickstart.toml" in text and "![time](figures/time.png)" in text
     assert "no status column" not in text  # curves took their status from runs.csv

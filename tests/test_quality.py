@@ -120,6 +120,38 @@ def test_tokens_to_target_first_crossing_not_later_ones():
     assert hit.tokens == pytest.approx(1000 + 1000 * (5.0 - 3.5) / (5.0 - 3.0))
 
 
+# Non-linear curves (on a straight line the right pair of eval points and a wrong one give the same
+# number): (losses at 1,000-token intervals, target) -> tokens, worked out by hand.
+GOLDEN_CURVES = [
+    ([5.0, 4.0, 3.2, 3.0], 3.1, 3500.0),              # between 3.2 (3k) and 3.0 (4k), halfway
+    ([5.0, 3.0, 2.5, 2.25], 2.6, 2800.0),             # between 3.0 (2k) and 2.5 (3k): 0.4 of the 0.5 drop
+    ([6.0, 3.5, 3.4, 3.0], 3.45, 2500.0),             # a plateau: between 3.5 (2k) and 3.4 (3k)
+    ([8.0, 5.0, 4.5, 4.4, 4.0], 4.2, 4500.0),         # late: between 4.4 (4k) and 4.0 (5k)
+    ([4.0, 3.9, 3.0, 2.9], 3.8, 2000.0 + 1000.0 / 9),  # a cliff: between 3.9 (2k) and 3.0 (3k), 0.1 of 0.9
+]
+
+
+@pytest.mark.parametrize("losses, target, tokens", GOLDEN_CURVES)
+def test_tokens_to_target_on_non_linear_curves(losses, target, tokens):
+    hit = tokens_to_target(_curve(losses), target)
+    assert hit.tokens == pytest.approx(tokens, rel=1e-12)
+    assert hit.steps == pytest.approx(tokens / 100, rel=1e-12)  # 10 steps per 1,000 tokens
+    assert hit.seconds == pytest.approx(tokens / 500, rel=1e-12)  # 2 s per 1,000 tokens
+
+
+def test_annotate_on_non_linear_curves():
+    """AdamW ends at 3.1 after 4,000 tokens; SWAN crosses 3.1 between 3.2 (3k) and 3.0 (4k): 3,500 tokens,
+    4,000 / 3,500 = 1.142857x; SinkGD between 3.15 (2k) and 3.05 (3k): 2,500 tokens, 1.6x."""
+    runs, curves = _suite({("adamw", 0): [5.0, 4.0, 3.2, 3.1], ("swan", 0): [5.0, 3.6, 3.2, 3.0],
+                           ("sinkgd", 0): [4.5, 3.15, 3.05, 2.9]})
+    out = annotate_tokens_to_target(runs, curves).set_index("run_id")
+    assert out.loc["swan-s0", "tokens_to_target"] == pytest.approx(3500.0, rel=1e-12)
+    assert out.loc["swan-s0", "effective_speedup"] == pytest.approx(8 / 7, rel=1e-12)
+    assert out.loc["sinkgd-s0", "tokens_to_target"] == pytest.approx(2500.0, rel=1e-12)
+    assert out.loc["sinkgd-s0", "effective_speedup"] == pytest.approx(1.6, rel=1e-12)
+    assert out.loc["adamw-s0", "tokens_to_target"] == pytest.approx(4000.0, rel=1e-12)
+
+
 def test_tokens_to_target_edge_cases():
     curve = _curve([5.0, 4.0, 3.0])
     assert tokens_to_target(curve, 2.0) is None  # never reached: no value, not a big number

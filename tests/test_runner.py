@@ -145,3 +145,35 @@ def test_cuda_run_and_a_real_cuda_oom(write_suite, tiny_suite_text, tmp_path):
     outcome = runner.run_suite(load_suite(write_suite(oom, "oom")), tmp_path / "gpu-oom", progress=False)
     row = _runs(tmp_path / "gpu-oom").iloc[0]
     assert list(outcome.statuses.values()) == ["oom"] and "OutOfMemoryError" in row["error"]
+
+
+def test_the_token_cache_is_filled_before_the_first_run(write_suite, tiny_suite_text, tmp_path, monkeypatch):
+    """The first run must not train the tokenizer in its own process (its peak RSS would carry it): the
+    cache holds the tokenizer and both token streams before any worker starts, so the worker sees them."""
+    from rich.console import Console
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SWANBENCH_CACHE", str(cache))
+    suite = load_suite(write_suite(tiny_suite_text))
+    seen = tmp_path / "seen.txt"
+    # A worker that only reports what the cache held when it started, then exits (its run is "crashed").
+    probe = [sys.executable, "-c", textwrap.dedent(f"""
+        import pathlib, os
+        cache = pathlib.Path(os.environ["SWANBENCH_CACHE"])
+        pathlib.Path({str(seen)!r}).write_text(" ".join(sorted(p.parent.name for p in cache.rglob("*.*"))))
+    """)]
+    runner.run_suite(suite, tmp_path / "o", worker_cmd=probe, progress=False, publish=False,
+                     console=Console(file=open(os.devnull, "w")))
+    assert seen.read_text().split() == ["tokenizers", "tokens", "tokens"]  # one tokenizer, train and val ids
+
+
+def test_a_data_source_without_tokens_fails_before_any_run(write_suite, tiny_suite_text, tmp_path):
+    from rich.console import Console
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n\n")
+    suite = load_suite(write_suite(tiny_suite_text.replace('path = "{corpus}"', f'path = "{empty}"')))
+    with pytest.raises(runner.SuiteError, match="no text found") as err:
+        runner.run_suite(suite, tmp_path / "o", progress=False, console=Console(file=open(os.devnull, "w")))
+    assert str(suite.path) in str(err.value)
+    assert not (tmp_path / "o" / "runs").exists()

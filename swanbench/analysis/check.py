@@ -4,16 +4,20 @@
 RESULTS and compares each measure with the rule of its class (`swanbench.analysis.tolerances`):
 
 - ``exact``    byte counts by role (parameters, gradients, optimizer state) must equal the baseline.
-- ``relative`` allocator and process peaks within a band that is a factor either way (0.05: 1.05x).
-- ``ratio``    times, as a ratio to the reference optimizer's run (AdamW) of the same identity in the
-               *same* results set, so a faster or slower CI machine cancels out; then as ``relative``.
-               The band widens with the runs' own spread (the ``<name>_iqr_ms`` columns).
+- ``relative`` allocator peaks within a band that is a factor either way (0.05: 1.05x).
+- ``ratio``    times and process memory (RSS, NVML), as a ratio to the reference optimizer's run (AdamW)
+               of the same identity in the *same* results set, so a faster or slower CI machine, or
+               another environment, cancels out; then as ``relative``. The band widens with the runs' own
+               spread (the ``<name>_iqr_ms`` columns); the reference's own value is judged by itself
+               where the class sets ``reference_band`` (RSS: only a change beyond a factor 2).
 - ``absolute`` losses on a fixed seed within an absolute epsilon (nats).
 
 Each measure has a better direction (``lower``, ``higher`` or ``none`` = any change is suspect). Both
 directions are reported; only the bad one fails, and a change beyond the band in the good direction
 says "update the baseline". A missing run, a changed schema, a value present in the baseline but now
-empty, or a corrupt or missing baseline is an error or a failure, never a pass.
+empty, or a corrupt or missing baseline is an error or a failure, never a pass; a damaged baseline (a
+truncated file, a `nan` or `inf` measure, an empty measure the results have, a bad status) is a
+`CheckError`, exit 2, never read as "not measured".
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from swanbench.analysis.tolerances import (
     DEFAULT_MATCH_ON, DEFAULT_TOLERANCES, CheckError, MetricRule, Tolerances, default_tolerances, load_tolerances,
     noise_band, sidecar_path, too_noisy, tolerances_from_dict,
 )
-from swanbench.schema import RUNS_COLUMNS, RUNS_FILE
-from swanbench.tables import TableError, read_table, write_rows_atomic
+from swanbench.schema import RUNS_COLUMNS, RUNS_FILE, STATUSES
+from swanbench.tables import TableError, check_shape, read_table, write_rows_atomic
 
 # The gate's public surface: its own names and the tolerance names it passes through.
 __all__ = [
@@ -44,6 +48,14 @@ OK_STATUS = "ok"
 OK, FAIL = "ok", "FAIL"
 IMPROVED, NEW = "improved: update the baseline", "new: update the baseline"
 TOO_NOISY = "skip: too noisy to judge"
+# Classes whose empty value is an outcome, not a missing measure: tokens to target is empty for a run that
+# never reached it (the worst outcome), so a value now is an improvement, not a damaged baseline.
+EMPTY_IS_OUTCOME = frozenset({"progress"})
+# Identity columns every run has a value in (others, such as parallelism on one rank, may be empty).
+NAMED_BY = ("suite", "optimizer", "model", "seed")
+# A measure the baseline's column leaves empty for a finished run, though the results have it: the gate
+# cannot judge it, so `check` stops with a CheckError (exit 2), never a pass.
+BASELINE_EMPTY = "no value in the baseline"
 
 # ------------------------------------------------------------------------------------------------ runs
 
@@ -77,14 +89,39 @@ def _identity(row: Mapping[str, Any], match_on: Sequence[str]) -> tuple[tuple[st
     return tuple(key)
 
 
-def _float(value: Any, path: Path, column: str, index: int) -> float | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+def _float(text: str, path: Path, column: str, index: int, judged: bool) -> float | None:
+    """A measure from its text in the file: empty is None (not measured); anything else must be a finite
+    number where the run is judged (`judged`: status ok). "nan" or "inf" is damage, not a measure: a gate
+    that read NaN as "not measured" would pass every comparison against a damaged baseline."""
+    text = text.strip()
+    if not text:
         return None
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise CheckError(f"{path}: row {index + 2}, column {column}: not a number ({value!r})") from None
+        number = float(text)
+    except ValueError:
+        raise CheckError(f"{path}: row {index + 2}, column {column}: not a number ({text!r})") from None
+    if not math.isfinite(number):
+        if judged:
+            raise CheckError(f"{path}: row {index + 2}, column {column}: not a finite number ({text!r}); "
+                             "a measured value is finite or empty")
+        return None  # a failed run's leftovers: its measures are never compared
     return number
+
+
+def _raw_text(path: Path, columns: Iterable[str]) -> list[dict[str, str]]:
+    """The cells of `columns` exactly as written (pandas would read "nan" and an empty cell alike)."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=list(columns))
+    return frame.to_dict("records")
+
+
+def _status(row: Mapping[str, Any], path: Path, index: int) -> str:
+    status = _text(row.get("status")).strip().lower()
+    if status not in STATUSES:
+        raise CheckError(f"{path}: row {index + 2}, column status: {status or 'empty'!r} is not a run status "
+                         f"({', '.join(STATUSES)})")
+    return status
 
 
 @dataclass(frozen=True)
@@ -111,9 +148,18 @@ def load_runs(path: Path, tolerances: Tolerances, role: str) -> RunTable:
     numeric |= {c for m in numeric for c in spread_columns(m)}
     numeric &= set(frame.columns)
     records = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    runs = [Run(key=_identity(row, tolerances.match_on), status=_text(row.get("status")),
-                values={c: _float(row.get(c), path, c, i) for c in numeric}, cell_id=_text(row.get("cell_id")))
-            for i, row in enumerate(records)]
+    texts = _raw_text(path, sorted(numeric)) if numeric else [{} for _ in records]
+    runs = []
+    for i, (row, text) in enumerate(zip(records, texts)):
+        status = _status(row, path, i)
+        values = {c: _float(text[c], path, c, i, judged=status == OK_STATUS) for c in numeric}
+        key = _identity(row, tolerances.match_on)
+        empty = [c for c, v in key if c in NAMED_BY and not v] + (["schema_version"] if not _text(
+            row.get("schema_version")) else [])
+        if empty:  # a damaged row would turn into "missing run" (exit 1) instead of bad input (exit 2)
+            raise CheckError(f"{path}: row {i + 2}, column {empty[0]}: empty; every run names its "
+                             f"{', '.join(NAMED_BY)} and schema_version")
+        runs.append(Run(key=key, status=status, values=values, cell_id=_text(row.get("cell_id"))))
     return RunTable(Path(path), tuple(frame.columns), runs, records)
 
 
@@ -267,7 +313,11 @@ def compare_metric(rule: MetricRule, label: str, base: Run, now: Run, base_table
     if rule.compare == "ratio":
         metric = f"{rule.metric} / {ref} {rule.reference_metric or rule.metric}"
         if dict(base.key).get("optimizer") == ref and not rule.reference_metric:
-            return None  # the reference's own ratio is 1 by definition
+            if rule.reference_band is None:
+                return None  # the reference's own ratio is 1 by definition
+            # What no ratio can judge, the reference's own value, is judged on its own, for gross changes
+            own = dataclasses.replace(rule, compare="relative", limit=rule.reference_band, reference_band=None)
+            return compare_metric(own, label, base, now, base_table, now_table, tol)
         base_ref, now_ref = _reference(base, base_table, ref), _reference(now, now_table, ref)
         if base.values.get(rule.metric) is not None and (base_ref is None or now_ref is None):
             # Without the reference run a time cannot be judged: say so instead of passing silently.
@@ -283,7 +333,11 @@ def compare_metric(rule: MetricRule, label: str, base: Run, now: Run, base_table
     if b is None and n is None:
         return None
     if b is None:
-        return Finding(label, metric, None, n, None, limit, NEW, rule.compare)
+        # The baseline has the column but no value for a run that finished: a damaged baseline (or one made
+        # where the measure failed) must not pass as "new". Only where empty is an outcome (never reached the
+        # target) is a value now an improvement.
+        verdict = IMPROVED if rule.klass in EMPTY_IS_OUTCOME else BASELINE_EMPTY
+        return Finding(label, metric, None, n, None, limit, verdict, rule.compare)
     if n is None:
         return Finding(label, metric, b, None, None, limit, f"{FAIL}: missing now", rule.compare)
     change, verdict = judge(rule, b, n, band)
@@ -361,6 +415,12 @@ def check(results: Path, baseline: Path, tolerances: Tolerances | None = None) -
     baseline = Path(baseline)
     if not baseline.is_file():
         raise CheckError(f"baseline: {baseline}: no such file (write one deliberately with --update)")
+    for role, path in (("baseline", baseline), ("results", runs_path(results))):
+        if path.is_file():  # a damaged file is named as such, before its header is read for the identity
+            try:
+                check_shape(path)
+            except TableError as exc:
+                raise CheckError(f"{role}: {exc}") from None
     tol = tolerances or baseline_tolerances(baseline)
     tol = _shared_identity(tol, baseline, runs_path(results))
     base = load_runs(baseline, tol, "baseline")
@@ -370,7 +430,19 @@ def check(results: Path, baseline: Path, tolerances: Tolerances | None = None) -
     _check_columns(base, now, tol)
     report = CheckReport(str(results), str(baseline), tol.source)
     report.findings = compare_runs(base.runs, now.runs, tol)
+    _refuse_empty_baseline(report.findings, baseline)
     return report
+
+
+def _refuse_empty_baseline(findings: Sequence[Finding], baseline: Path) -> None:
+    """A baseline that lacks values the results have is damaged (or was made where the measure failed):
+    a CheckError, so that it can never pass the gate; a deliberate `--update` replaces it."""
+    empty = [f for f in findings if f.verdict == BASELINE_EMPTY]
+    if empty:
+        first = empty[0]
+        raise CheckError(f"baseline: {baseline}: {len(empty)} measure(s) empty for runs that finished, though "
+                         f"the results have them (first: {first.run} {first.metric}); a damaged baseline? "
+                         "write a new one deliberately with --update")
 
 
 def _header(path: Path) -> set[str] | None:

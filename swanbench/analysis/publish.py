@@ -21,7 +21,8 @@ COMMAND_FILE = "command.txt"
 
 
 def write_analysis(results_dir: Path, baseline: str | None = None) -> dict[str, Path]:
-    """Read runs.csv and curves.csv in `results_dir`, write summary.csv and verdicts.csv beside them.
+    """Read runs.csv and curves.csv (and tuning.csv when the suite tuned) in `results_dir`, write summary.csv
+    and verdicts.csv beside them.
 
     baseline: the suite's declared one (runs.csv `suite_baseline`) unless given. runs.csv is not rewritten
     (the runner owns it); its tokens-to-target columns are used as assembled when they are for this
@@ -33,7 +34,9 @@ def write_analysis(results_dir: Path, baseline: str | None = None) -> dict[str, 
     runs = read_table(results_dir / RUNS_FILE, required=["run_id", "optimizer", "seed"])
     curves = read_table(results_dir / CURVES_FILE, required=["run_id", "tokens", "eval_loss"])
     baseline = baseline_of(runs, baseline)
-    result = analyze(runs, curves, baseline, annotated=annotated_for(runs, baseline))
+    from swanbench.analysis.tuning import read_tuning
+
+    result = analyze(runs, curves, baseline, annotated=annotated_for(runs, baseline), tuning=read_tuning(results_dir))
     written = {}
     for name, file in (("summary", SUMMARY_FILE), ("verdicts", VERDICTS_FILE)):
         frame = result[name]

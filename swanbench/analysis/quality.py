@@ -31,6 +31,11 @@ Definitions (units in the names: tokens = training tokens seen, as counted in cu
 - **"Reaches the target sooner"** (`speedup_verdict`): the same rule applied to log(effective speedup)
   against 0: sooner than the baseline only if the speedup is above 1 in every seed and the interval of
   its geometric mean lies above 1; a seed that never reached the target counts against.
+- **Fair verdicts** (`analyze` with the suite's tuning.csv): every verdict states the tuning budget of both
+  sides; one between optimizers with unequal budgets, or whose chosen value sits at an edge of its grid
+  (`swanbench.analysis.tuning.fairness`), is "not judged" with the reason, the rule's own outcome kept
+  beside it. Every candidate is also judged against each control of `CONTROL_BASELINES` that ran
+  (`adamw-split`: AdamW with the hybrids' grouping and per-group lrs), with tokens-to-target against it.
 """
 
 from __future__ import annotations
@@ -43,10 +48,14 @@ import numpy as np
 import pandas as pd
 
 from swanbench import schema
+from swanbench.analysis.tuning import Tuning, budget_text, fairness, fairness_text, tuning_by_cell, tuning_of_cells
 
 # Run statuses whose final eval loss may serve as a target (the harness writes "ok" for a finished run).
 OK_STATUSES = frozenset({schema.OK})
 DEFAULT_BASELINE = "adamw"
+# Controls every candidate is judged against too, when the suite ran them: does the candidate beat AdamW given
+# the hybrids' grouping and per-group lrs, not only plain AdamW at one lr?
+CONTROL_BASELINES = ("adamw-split",)
 
 # Columns that make two runs "the same cell except optimizer/hparams": the same question asked of another
 # optimizer: the suite, every cell axis of the schema, and the seed (hparam columns are deliberately absent).
@@ -453,13 +462,16 @@ def _best_config(annotated: pd.DataFrame, optimizer: str) -> str | None:
 
 
 def analyze(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = DEFAULT_BASELINE,
-            by: Sequence[str] = SUMMARY_BY, annotated: bool = False) -> dict[str, pd.DataFrame]:
+            by: Sequence[str] = SUMMARY_BY, annotated: bool = False,
+            tuning: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """The quality analysis of one suite: annotated runs, seed summaries, and verdicts vs the baseline.
 
     Returns {"runs": annotated runs with a `config` label, "summary": seed_summary over the
     SUMMARY_METRICS present, per `by` + config, "verdicts": per non-baseline config, the final-eval-loss
-    comparison with the baseline's best config (BEATS_RULE) and the tokens-to-target verdict (SOONER_RULE)}.
-    annotated: `runs` already carries tokens-to-target against `baseline` (runs.csv as assembled).
+    comparison with the baseline's best config (BEATS_RULE) and the tokens-to-target verdict (SOONER_RULE),
+    each with both sides' tuning and its fairness; then the same against each control of CONTROL_BASELINES
+    that ran}. annotated: `runs` already carries tokens-to-target against `baseline` (runs.csv as assembled).
+    tuning: the suite's tuning.csv (None: no tuning on either side of any verdict).
     """
     annotated = runs.copy() if annotated else annotate_tokens_to_target(runs, curves, baseline)
     if annotated.empty or "optimizer" not in annotated.columns:
@@ -469,17 +481,28 @@ def analyze(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = DEFAULT_BA
     summary = seed_summary(annotated, metrics, [*by, "config"])
     group = [c for c in by if c != "optimizer" and c in annotated.columns]
     base = _best_config(annotated, baseline)
+    by_cell = tuning_by_cell(tuning)
     verdicts = []
     candidates = annotated.loc[annotated["optimizer"] != baseline, ["optimizer", "config"]].drop_duplicates()
     for optimizer, config in candidates.itertuples(index=False) if base else []:
-        verdicts.append(_verdict_row(annotated, optimizer, config, base, group))
+        verdicts.append(_verdict_row(annotated, optimizer, config, base, group, by_cell))
+    for control in CONTROL_BASELINES:
+        if control == baseline or not (annotated["optimizer"] == control).any():
+            continue
+        against = annotate_tokens_to_target(runs, curves, control)
+        against["config"] = config_labels(against)
+        control_base = _best_config(against, control)
+        for optimizer, config in candidates.itertuples(index=False) if control_base else []:
+            if optimizer != control:
+                verdicts.append(_verdict_row(against, optimizer, config, control_base, group, by_cell))
     verdict_frame = pd.concat(verdicts, ignore_index=True) if verdicts else pd.DataFrame()
     return {"runs": annotated, "summary": summary, "verdicts": verdict_frame}
 
 
 def _verdict_row(annotated: pd.DataFrame, optimizer: str, config: str, base: str,
-                 group: list[str]) -> pd.DataFrame:
-    """Both verdicts of one candidate config against the baseline config, one row per group."""
+                 group: list[str], by_cell: dict[str, Tuning] | None = None) -> pd.DataFrame:
+    """Both verdicts of one candidate config against the baseline config, one row per group, with the
+    tuning of both sides; a verdict whose comparison was not fair is withheld (see `_judge_fairly`)."""
     loss = compare(annotated, config, base, "final_eval_loss", by=group, column="config")
     loss = loss.rename(columns={"a": "config", "b": "baseline", "verdict": "final_loss_verdict",
                                 "mean_diff": "final_loss_diff", "ci_low": "final_loss_diff_ci_low",
@@ -491,4 +514,40 @@ def _verdict_row(annotated: pd.DataFrame, optimizer: str, config: str, base: str
     keys = [c for c in group if c in loss.columns] + ["config"]
     merged = loss.merge(sooner, on=keys, how="outer")
     merged.insert(0, "optimizer", optimizer)
+    return _judge_fairly(merged, annotated, [c for c in group if c in merged.columns], config, base, by_cell or {})
+
+
+def _tuning_in(annotated: pd.DataFrame, row: pd.Series, group: list[str], config: str,
+               by_cell: dict[str, Tuning]) -> Tuning | None:
+    """The tuning of `config`'s evaluation cell in the verdict row's group (None: set by hand)."""
+    if "cell_id" not in annotated.columns:
+        return None
+    mask = annotated["config"] == config
+    for column in group:
+        mask &= annotated[column].isna() if pd.isna(row[column]) else annotated[column] == row[column]
+    return tuning_of_cells(by_cell, annotated.loc[mask, "cell_id"])
+
+
+def _judge_fairly(merged: pd.DataFrame, annotated: pd.DataFrame, group: list[str], config: str, base: str,
+                  by_cell: dict[str, Tuning]) -> pd.DataFrame:
+    """Each verdict row with both sides' tuning budgets; unequal budgets or a chosen value at an edge turn
+    "better"/"sooner" into "not judged (...)", the rule's own outcome kept in `*_rule_outcome`."""
+    columns: dict[str, list] = {k: [] for k in ("tuning_budget", "baseline_tuning_budget", "tuning_at_edge",
+                                                "baseline_tuning_at_edge", "fairness", "fair_protocol")}
+    merged["final_loss_rule_outcome"] = merged["final_loss_verdict"]
+    merged["sooner_rule_outcome"] = merged["sooner_verdict"]
+    for index, row in merged.iterrows():
+        mine, theirs = (_tuning_in(annotated, row, group, c, by_cell) for c in (config, base))
+        problems = fairness(config, mine, base, theirs)
+        for key, value in (("tuning_budget", budget_text(mine)), ("baseline_tuning_budget", budget_text(theirs)),
+                           ("tuning_at_edge", bool(mine and mine.edges)),
+                           ("baseline_tuning_at_edge", bool(theirs and theirs.edges)),
+                           ("fairness", fairness_text(config, mine, base, theirs)),
+                           ("fair_protocol", not problems and mine is not None and theirs is not None)):
+            columns[key].append(value)
+        if problems:
+            for column in ("final_loss_verdict", "sooner_verdict"):
+                merged.at[index, column] = f"not judged: {'; '.join(problems)} (the rule alone: {row[column]})"
+    for key, values in columns.items():
+        merged[key] = values
     return merged

@@ -40,7 +40,8 @@ from swanbench.analysis.results import (
     bytes_unit, canonical_name, cell_axes, group_keys, load_results, numeric, optimizer_order, outcome_text,
     peak_column, read_envs, resolve_baseline, select, status_text, with_targets,
 )
-from swanbench.schema import CURVES_FILE, KERNELS_FILE, RUNS_FILE, VERDICTS_FILE
+from swanbench.analysis.tuning import tuning_section
+from swanbench.schema import CURVES_FILE, KERNELS_FILE, RUNS_FILE, TUNING_FILE, VERDICTS_FILE
 from swanbench.tables import read_table
 
 log = logging.getLogger(__name__)
@@ -430,7 +431,7 @@ def build_report(results: Results, baseline: str | None = None, command: str | N
                      for s in f["suite"].dropna()})
     title = ", ".join(suites) or results.results_dir.name
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    tables = [f for f in (RUNS_FILE, CURVES_FILE, KERNELS_FILE, MACHINE_FILE, VERDICTS_FILE)
+    tables = [f for f in (RUNS_FILE, CURVES_FILE, KERNELS_FILE, MACHINE_FILE, VERDICTS_FILE, TUNING_FILE)
               if (results.results_dir / f).is_file()]
     parts = [f"# swanbench report: {title}\n",
              f"Results `{results.results_dir}`, report written {stamp} by swanbench {__version__} from the "
@@ -442,6 +443,7 @@ def build_report(results: Results, baseline: str | None = None, command: str | N
         parts += _runs_parts(runs, baseline, _verdict_parts(results.results_dir, runs))
     elif runs is not None:
         parts += ["## Runs\n", "runs.csv has no rows: no run has finished yet.\n"]
+    parts += tuning_section(results.results_dir)
     if results.kernels is not None and len(results.kernels):
         parts += ["## Operator micro-benchmarks (kernels.csv)\n", *kernel_summary_parts(results),
                   "### Every case\n",

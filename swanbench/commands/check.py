@@ -24,8 +24,13 @@ def check(
 ) -> None:
     """Compare a results set against a committed baseline; exit 1 on a regression, 2 on bad input."""
     from swanbench.analysis import check as gate
+    from swanbench.userfiles import output_file_problem
 
     try:
+        for flag, target in (("--summary", summary), ("--baseline", baseline if update else None)):
+            problem = output_file_problem(target) if target is not None else None
+            if problem:  # before the comparison, not after it
+                raise gate.CheckError(f"{flag} {problem}")
         tol = gate.load_tolerances(tolerances) if tolerances else None
         if update:
             _update(gate, results, baseline, tol)

@@ -43,9 +43,13 @@ def estimate(
 ) -> None:
     """Estimate parameters, gradients, optimizer state, activations and step workspace before running."""
     from swanbench import estimate as est
+    from swanbench.userfiles import output_file_problem
 
     names = [n.strip() for n in optimizer.split(",") if n.strip()]
     try:
+        problem = output_file_problem(out) if out is not None else None
+        if problem:
+            raise est.EstimateError(f"--out {problem}")
         if not names:
             raise est.EstimateError("--optimizer needs at least one optimizer name")
         capacity = est.parse_bytes(device_memory) if device_memory is not None else None

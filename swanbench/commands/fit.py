@@ -32,19 +32,22 @@ def fit(
     from swanbench import fit as fitlib
     from swanbench.estimate import EstimateError, canonical_dtype, format_bytes, parse_bytes
     from swanbench.models import UnknownModelError, get_preset
-    from swanbench.env import resolve_device
+    from swanbench.userfiles import output_dir_problem
 
     console = Console()
     try:
         get_preset(model)
         target = fitlib.FitTarget(
             optimizer=_known_optimizer(optimizer), model=model, seq_len=_at_least("--seq-len", seq_len, 2),
-            dtype=canonical_dtype(dtype), device=resolve_device(device),
-            memory_budget=None, steps=_at_least("--steps", steps, 2), timeout_s=timeout_s)
+            dtype=canonical_dtype(dtype), device=_usable_device(device, canonical_dtype(dtype)),
+            memory_budget=None, steps=_at_least("--steps", steps, 2), timeout_s=_positive("--timeout", timeout_s))
         budget = parse_bytes(memory_budget) if memory_budget is not None else fitlib.default_budget(target.device)
         target = replace(target, memory_budget=budget)
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", optimizer)  # an import path "pkg.mod:Name" has a colon
         out_dir = out or Path("results") / "fit" / f"{safe}-{model}-{seq_len}-{target.dtype}"
+        problem = output_dir_problem(out_dir, subdirs=("probes",))
+        if problem:  # before the first probe, not after it
+            raise ValueError(f"--out {problem}")
         console.print(f"fit {optimizer} on {model}, seq_len {seq_len}, {target.dtype}, {target.device}, budget "
                       f"{format_bytes(budget)}: probes in {out_dir}")
         result = fitlib.fit(target, out_dir, max_batch=_at_least("--max-batch", max_batch, 1),
@@ -62,6 +65,28 @@ def _known_optimizer(name: str) -> str:
 
     optimizers.info(name)  # ValueError with a did-you-mean for an unknown name
     return name
+
+
+def _usable_device(device: str, dtype: str) -> str:
+    """The device resolved ("auto" -> cpu or cuda), or ValueError when it is not one or not here: rejected
+    before any probe runs, as a suite's device is."""
+    from swanbench.env import resolve_device
+    from swanbench.suite import DEVICE_RE, device_problem
+
+    if not DEVICE_RE.match(device):
+        raise ValueError(f"--device: unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    problem = device_problem(device, dtype)
+    if problem:
+        raise ValueError(f"--device: {problem}")
+    return resolve_device(device)
+
+
+def _positive(flag: str, value: float) -> float:
+    import math
+
+    if not 0 < value < math.inf:
+        raise ValueError(f"{flag} must be a positive number of seconds, got {value}")
+    return value
 
 
 def _at_least(flag: str, value: int, low: int) -> int:

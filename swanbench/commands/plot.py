@@ -24,7 +24,12 @@ def plot(
     """Draw memory, time, kernel, perplexity and Pareto figures from the tables (never from logs)."""
     from swanbench.analysis.figures import draw_figures
     from swanbench.tables import TableError
+    from swanbench.userfiles import output_dir_problem
 
+    problem = output_dir_problem(out) if out is not None else None
+    if problem:
+        typer.echo(f"error: --out {problem}", err=True)
+        raise typer.Exit(2)
     try:
         done = draw_figures(results, out, formats or ("png", "svg"), baseline=baseline, only=only)
     except (TableError, ValueError) as exc:

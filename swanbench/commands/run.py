@@ -45,12 +45,16 @@ def run(
     from swanbench.kinds import RunOptions, kind_of
     from swanbench.suite import SuiteError, load_suite
     from swanbench.terminal import make_console
+    from swanbench.userfiles import output_dir_problem
 
     options = RunOptions(out, dry_run, force, executor.value, slurm or [], make_console())
     loaded = None
     try:
         loaded = load_suite(suite, check_names=False, sets=sets or (), only=only or ())
         options.command = run_command(suite, out, force, executor.value, slurm or [], loaded.overrides)
+        problem = output_dir_problem(options.out(loaded), subdirs=("runs",), files=TABLE_FILES)
+        if problem:  # before the seconds of validation, not after them
+            raise SuiteError(f"--out {problem}")
         kind = kind_of(loaded)
         prepared = kind.prepare(loaded, options)
     except SuiteError as exc:
@@ -88,6 +92,10 @@ def run_command(suite: str | None, out: Path | None, force: bool, executor: str,
              *(w for option in slurm for w in ("--slurm", option))]
     words += [w for override in overrides for w in override.split(" ", 1)]
     return shlex.join(words)
+
+
+# The tables and pages a run writes into its output folder: a folder of one of these names is an error up front.
+TABLE_FILES = ("runs.csv", "ranks.csv", "curves.csv", "kernels.csv", "machine.csv", "report.md")
 
 
 def _fail(message: str, code: int = 2) -> None:

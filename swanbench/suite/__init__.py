@@ -20,9 +20,10 @@ Layout of a suite file::
     [optimizers.<name>]              # hparams passed to optimizers.build(name, model, **hparams)
     [data]                           # source = "embedded" | "file" | "c4", ...
     [matrix]                         # list-valued axes: cell fields, "seed", or "hparams.<key>"
+    [tune]                           # optional: tune every optimizer, one budget, before evaluating
 
 The package: `spec` (cells, runs, the data spec, field rules, errors), `load` (the TOML file to a Suite),
-`checks` (what needs presets, the registry or torch).
+`checks` (what needs presets, the registry or torch), `tune` (the [tune] table, selection, the edge rule).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from swanbench.suite.checks import (
     available_optimizers, check_names_and_models, check_runtime, data_vocab_size, default_bpe_vocab,
     device_problem, ranks_problem,
 )
+from swanbench.suite.tune import Dimension, Trial, TuneSpec, check_tune_runtime, load_tune
 
 __all__ = [
     "CELL_FIELDS", "Cell", "DATA_FIELDS", "DATA_SOURCES", "DEFAULT_BASELINE", "DEVICE_RE", "DTYPES", "DataSpec",
@@ -46,5 +48,5 @@ __all__ = [
     "Run", "SETTABLE", "SIZE_RE", "SIZE_UNITS", "SUITES_DIR", "Suite", "SuiteError", "TOP_KEYS", "check_keys",
     "fail", "parse_size", "load_suite", "read_toml", "resolve_suite_path", "shipped_suites",
     "available_optimizers", "check_names_and_models", "check_runtime", "data_vocab_size", "default_bpe_vocab",
-    "device_problem", "ranks_problem",
+    "device_problem", "ranks_problem", "Dimension", "Trial", "TuneSpec", "check_tune_runtime", "load_tune",
 ]

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
+import functools
 from pathlib import Path
 
+from swanbench import userfiles
 from swanbench.env import resolve_device
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - Python 3.10
-    pass
 from swanbench.hints import did_you_mean
 from swanbench.suite.spec import MAX_CPU_RANKS, Cell, DataSpec, Suite, fail
 
@@ -87,7 +82,10 @@ def _check_cells(path: Path, cells: tuple[Cell, ...]) -> None:
         if cell.warmup_steps >= cell.steps:
             raise fail(path, "warmup_steps", f"{cell.warmup_steps} warm-up steps leave no timed step of {cell.steps}")
         _check_ranks(path, cell)
-        vocab = data_vocab_size(cell.data, preset.vocab)
+        try:
+            vocab = data_vocab_size(cell.data, preset.vocab)
+        except ValueError as exc:  # a tokenizer file that is not one: named with the file and the key
+            raise fail(path, "data.tokenizer", str(exc)) from None
         if vocab is not None and vocab > preset.vocab:
             raise fail(path, "data.vocab_size", f"tokenizer vocab {vocab} > vocab {preset.vocab} of model {cell.model!r}")
         if cell.eval_tokens < cell.seq_len:
@@ -120,13 +118,22 @@ def ranks_problem(cell: Cell) -> str | None:
 
 
 def data_vocab_size(spec: DataSpec, model_vocab: int) -> int | None:
-    """The tokenizer's vocabulary size where it is known without a network (None: checked at run time)."""
+    """The tokenizer's vocabulary size where it is known without a network (None: checked at run time).
+
+    A local tokenizer file is loaded here (ValueError, one line, when it is not one), so that a bad file
+    fails the suite before anything runs instead of crashing every run."""
     if spec.tokenizer is None:
         return spec.vocab_size if spec.vocab_size is not None else default_bpe_vocab(model_vocab)
-    if spec.tokenizer.endswith(".json") and Path(spec.tokenizer).is_file():
-        blob = json.loads(Path(spec.tokenizer).read_text())
-        return len(blob.get("model", {}).get("vocab", {})) + len(blob.get("added_tokens", []))
+    if userfiles.is_file(spec.tokenizer):
+        return _tokenizer_file_vocab(spec.tokenizer)
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer_file_vocab(path: str) -> int:
+    """The vocabulary (added tokens included) of a local tokenizer.json, loaded as a run loads it;
+    ValueError (one line naming the file) when it is not a tokenizer file."""
+    return userfiles.read_tokenizer(Path(path), ValueError).get_vocab_size(with_added_tokens=True)
 
 
 def default_bpe_vocab(model_vocab: int) -> int:
@@ -149,7 +156,7 @@ def check_runtime(suite: Suite, *, check_devices: bool = True) -> None:
         model = _tiny_model()
         try:
             optimizers.build(cell.optimizer, model, **cell.hparams_dict())
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the build raises, these hyperparameters cannot run
             raise fail(suite.path, optimizer_key(cell.optimizer, {cell.optimizer: None}), _one_line(exc)) from None
     if check_devices:
         for device, dtype in sorted({(c.device, c.dtype) for c in suite.cells}):

@@ -6,18 +6,14 @@ import dataclasses
 import itertools
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
+from swanbench import userfiles
 from swanbench.hints import did_you_mean
 from swanbench.suite.checks import check_names_and_models
 from swanbench.suite.overrides import apply_overrides, with_overrides_named
+from swanbench.suite.tune import load_tune
 from swanbench.suite.spec import (DATA_FIELDS, DATA_SOURCES, DEFAULT_BASELINE, KIND_TABLES, KINDS, SETTABLE, SUITES_DIR,
                                   TOP_KEYS, Cell, DataSpec, Suite, SuiteError, _check_value, _freeze_hparams, _is_int,
                                   check_keys, fail)
@@ -58,13 +54,9 @@ def shipped_suites() -> dict[str, Path]:
 
 
 def read_toml(path: Path) -> dict:
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise SuiteError(f"{path}: not valid TOML ({exc})") from None
-    except OSError as exc:
-        raise SuiteError(f"{path}: cannot read ({exc.strerror})") from None
+    """The suite file's TOML document; a SuiteError naming the file for anything it cannot be (not UTF-8,
+    not TOML, nested too deeply, unreadable)."""
+    return userfiles.read_toml(path, SuiteError)
 
 
 def load_suite(name_or_path: str | Path | None = None, *, check_names: bool = True, sets: Sequence[str] = (),
@@ -149,9 +141,27 @@ def _load_train_suite(path: Path, raw: dict, name: str, description: str) -> Sui
         raise fail(path, "matrix.seed", "repeated seeds")
     # dict.fromkeys: the 1-rank cells of a parallelism axis coincide (one rank has no parallelism)
     cells = tuple(dict.fromkeys(_expand(path, defaults, axes, opt_tables, data)))
+    _check_one_directory_per_cell(path, cells, axes)
     baseline = _load_baseline(path, raw, cells)
+    tune = load_tune(path, raw["tune"], cells, seeds, opt_tables, matrix) if "tune" in raw else None
     return Suite(name, path, description, "train", cells, tuple(seeds), optimizer_tables=opt_tables,
-                 baseline=baseline)
+                 baseline=baseline, tune=tune)
+
+
+def _check_one_directory_per_cell(path: Path, cells: tuple[Cell, ...], axes: dict[str, list]) -> None:
+    """Two different cells with one cell_id would share a run directory (one overwriting the other, two
+    identical rows in runs.csv): whatever a suite varies must be part of the identity. The fields left out
+    of it on purpose (`NOT_IDENTITY`: a timeout, a snapshot switch) may be set, but not varied."""
+    seen: dict[str, Cell] = {}
+    for cell in cells:
+        other = seen.setdefault(cell.cell_id, cell)
+        if other is cell:
+            continue
+        differ = [f.name for f in dataclasses.fields(Cell) if getattr(cell, f.name) != getattr(other, f.name)]
+        key = next((f"matrix.{name}" for name in differ if name in axes), f"matrix.{differ[0]}" if differ else "matrix")
+        raise fail(path, key, f"varies ({getattr(other, differ[0])!r} vs {getattr(cell, differ[0])!r}) but is not "
+                   f"part of a run's identity, so two cells would share run directory runs/{cell.cell_id}-s<seed>; "
+                   "give it one value in [defaults]")
 
 
 def _load_baseline(path: Path, raw: dict, cells: tuple[Cell, ...]) -> str:
@@ -183,15 +193,15 @@ def _load_data(path: Path, table: dict) -> DataSpec:
         if "path" not in table:
             raise fail(path, "data.path", "source = \"file\" needs a path (.txt or .jsonl)")
         file = (path.parent / table["path"]).resolve()  # relative to the suite file
-        if not file.is_file():
+        if not userfiles.is_file(file):
             raise fail(path, "data.path", f"no such file {file}")
         values["path"] = str(file)
     elif "path" in table:
         raise fail(path, "data.path", f"only used with source = \"file\" (source is {source!r})")
     tok = values.get("tokenizer")
-    if tok and (tok.endswith(".json") or Path(tok).exists()):
+    if tok and (tok.endswith(".json") or userfiles.exists(Path(tok))):
         tok_path = (path.parent / tok).resolve()
-        if not tok_path.is_file():
+        if not userfiles.is_file(tok_path):
             raise fail(path, "data.tokenizer", f"no such tokenizer file {tok_path}")
         values["tokenizer"] = str(tok_path)
     if source == "c4" and not tok:
@@ -214,8 +224,15 @@ def _load_matrix(path: Path, matrix: dict) -> dict[str, list]:
             values = [_check_value(path, f"matrix.{key}", v) for v in values]
         if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
             raise fail(path, f"matrix.{key}", "repeated values")
+        if _equal_pair(values):  # one cell, not two
+            raise fail(path, f"matrix.{key}", "repeated values (1 and 1.0, or 1 and true, are the same value)")
         axes[key] = values
     return axes
+
+
+def _equal_pair(values: list) -> bool:
+    """Two values of an axis that Python holds equal (1 and 1.0, 1 and true): one cell, not two."""
+    return any(a == b for i, a in enumerate(values) for b in values[i + 1:])
 
 
 def _expand(path: Path, defaults: dict, axes: dict[str, list], opt_tables: dict, data: DataSpec) -> Iterator[Cell]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ SUITES_DIR = Path(__file__).resolve().parent.parent.parent / "suites"
 # `swanbench.kinds`); "train" suites are validated here.
 KIND_TABLES = {"train": None, "kernels": "kernels"}
 KINDS = tuple(KIND_TABLES)
-TOP_KEYS = {"name", "description", "kind", "baseline", "defaults", "optimizers", "data", "matrix",
+TOP_KEYS = {"name", "description", "kind", "baseline", "defaults", "optimizers", "data", "matrix", "tune",
             *filter(None, KIND_TABLES.values())}
 DEFAULT_BASELINE = "adamw"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -39,6 +40,8 @@ NOT_IDENTITY = frozenset({"timeout_s", "memory_snapshot"})
 # Fields added after results existed: left out of cell_id while unset, so earlier cells keep their ids.
 OMIT_WHEN_UNSET = frozenset({"parallelism"})
 PARALLELISMS = ("ddp", "fsdp")
+# The largest integer a cell field may hold (int64 max): counts and sizes beyond it overflow numpy and torch.
+MAX_INT = 2**63 - 1
 # gloo ranks on one CPU machine: each is a full process with its own model replica (or shard).
 MAX_CPU_RANKS = 16
 
@@ -144,6 +147,7 @@ class Suite:
     optimizer_tables: dict = field(default_factory=dict, compare=False)  # the raw [optimizers.*] tables
     baseline: str = DEFAULT_BASELINE  # the optimizer verdicts, tokens-to-target and Diff % compare with
     overrides: tuple[str, ...] = field(default=(), compare=False)  # `--set ...`/`--only ...` from the command line
+    tune: Any = field(default=None, compare=False)  # a `swanbench.suite.tune.TuneSpec` when the suite has [tune]
 
     def runs(self) -> list[Run]:
         return [Run(c, s) for c in self.cells for s in self.seeds]
@@ -184,7 +188,10 @@ def parse_size(value: Any) -> int:
     m = SIZE_RE.match(str(value))
     if not m:
         raise ValueError(f"cannot read size {value!r}; use bytes or e.g. '2GiB', '512MB'")
-    return int(float(m.group(1)) * SIZE_UNITS[m.group(2)])
+    size = float(m.group(1)) * SIZE_UNITS[m.group(2)]
+    if not math.isfinite(size):
+        raise ValueError(f"size {value!r} is too large")
+    return int(size)
 
 
 def _is_int(v: Any) -> bool:
@@ -202,6 +209,8 @@ def _check_value(path: Path, key: str, value: Any) -> Any:
             raise fail(path, key, f"expected an integer, got {value!r}")
         if value < ints_min[name]:
             raise fail(path, key, f"must be >= {ints_min[name]}, got {value}")
+        if value > MAX_INT:  # beyond what numpy and torch index with: an OverflowError deep in a run
+            raise fail(path, key, f"must be <= {MAX_INT}, got {value}")
         return value
     if name in ("lr_warmup", "lr_min_ratio"):
         high = 1 if name == "lr_min_ratio" else 0.999  # a warm-up over all steps never reaches the peak lr
@@ -209,7 +218,7 @@ def _check_value(path: Path, key: str, value: Any) -> Any:
             raise fail(path, key, f"expected a number in [0, {high}], got {value!r}")
         return float(value)
     if name == "timeout_s":
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
             raise fail(path, key, f"expected seconds > 0, got {value!r}")
         return float(value)
     if name == "dtype":
@@ -225,8 +234,8 @@ def _check_value(path: Path, key: str, value: Any) -> Any:
             size = parse_size(value)
         except ValueError as exc:
             raise fail(path, key, str(exc)) from None
-        if size <= 0:
-            raise fail(path, key, f"must be > 0 bytes, got {value!r}")
+        if not 0 < size <= MAX_INT:
+            raise fail(path, key, f"must be > 0 and <= {MAX_INT} bytes, got {value!r}")
         return size
     if name == "memory_snapshot":
         if not isinstance(value, bool):

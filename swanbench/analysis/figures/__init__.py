@@ -1,6 +1,6 @@
 """Figures of a results directory, drawn from its tables alone (runs.csv, curves.csv, kernels.csv).
 
-Five figures, each written as PNG (screens) and SVG or PDF (papers) under `RESULTS/figures/`:
+Six figures, each written as PNG (screens) and SVG or PDF (papers) under `RESULTS/figures/`:
 
 - `memory`: where the memory goes, stacked by role, per optimizer, faceted by model and device;
 - `time`: the step time split into forward+backward, optimizer step and whitening;
@@ -8,7 +8,9 @@ Five figures, each written as PNG (screens) and SVG or PDF (papers) under `RESUL
   matmul rate (and copy bandwidth) drawn as the limit;
 - `perplexity`: eval perplexity against tokens and against training seconds, mean over seeds with a
   min-max band, the baseline's final perplexity and each optimizer's tokens-to-target marked;
-- `pareto`: peak memory against final perplexity, per model, with the non-dominated front.
+- `pareto`: peak memory against final perplexity, per model, with the non-dominated front;
+- `tuning`: each tuning trial's final eval loss against its lr, per optimizer, the chosen setting marked
+  (from tuning.csv, when the suite tuned).
 
 One module per figure; `common` holds the shared parts. A figure whose data is absent is skipped with a
 logged reason, never drawn empty. Every optimizer has one colour in every figure (its registry entry's,
@@ -31,6 +33,7 @@ from swanbench.analysis.figures.memory import plot_memory
 from swanbench.analysis.figures.pareto import plot_pareto
 from swanbench.analysis.figures.perplexity import plot_perplexity
 from swanbench.analysis.figures.time import plot_time
+from swanbench.analysis.figures.tuning import plot_tuning
 from swanbench.analysis.results import (FIGURES_DIR, baseline_of, canonical_name, load_results, resolve_baseline,
                                         with_targets)
 
@@ -42,6 +45,7 @@ FIGURES: dict[str, Callable[[Context], Figure]] = {
     "kernels": plot_kernels,
     "perplexity": plot_perplexity,
     "pareto": plot_pareto,
+    "tuning": plot_tuning,
 }
 
 
