@@ -370,7 +370,7 @@ def test_the_fair_showcase_is_fair_by_construction():
     spec = suite.tune
     assert {c.optimizer for c in suite.cells} == {"adamw", "adamw-split", "swan", "sinkgd", "muon-nomomentum"}
     assert suite.seeds == (0, 1, 2) and not set(spec.seeds) & set(suite.seeds)
-    assert spec.budget == 9 and spec.extensions == 2
+    assert spec.budget == 9 and spec.extensions == 4
     cell = suite.cells[0]
     assert spec.tokens == 81_920 and cell.steps * cell.tokens_per_step == 204_800
     rest = {name: next(d.values for d in dims if d.name == "adamw_lr") for name, dims in spec.spaces.items()
