@@ -36,7 +36,7 @@ from torch import Tensor
 
 from optimizers import functional as F
 from optimizers.functional.gradnorm import _grad_norm_into
-from optimizers.functional.sinkhorn import _sinkhorn_inplace_
+from optimizers.functional.sinkhorn import _scale_block_, _sinkhorn_inplace_
 from optimizers.functional.whitening import _check_precision, _validate_whiten_args, _whiten_batch
 from optimizers import native
 
@@ -468,11 +468,5 @@ class SinkGD(_StatelessMatrixOptimizer):
         scratch = torch.empty((rows, n), dtype=r.dtype, device=p.device)
         spare = torch.empty_like(scratch) if cpu and p.dtype != scratch.dtype else None
         for start in range(0, m, rows):
-            blk = scratch[: min(rows, m - start)]
-            rb = r[start:start + rows].unsqueeze(-1)
-            if g.dtype == blk.dtype:
-                torch.mul(g[start:start + rows], rb, out=blk)
-            else:  # copy_ converts without the temporary a mixed-dtype mul would allocate on CPU
-                blk.copy_(g[start:start + rows]).mul_(rb)
-            blk.mul_(c)
+            blk = _scale_block_(g[start:start + rows], r[start:start + rows], c, scratch[: min(rows, m - start)])
             _add_update_(p[start:start + rows], blk, step, None if spare is None else spare[: blk.shape[0]])

@@ -74,6 +74,44 @@ def test_a_speedup_is_judged_only_under_the_fair_protocol(tmp_path, low, high, f
     assert evidence[-1].scale == "not yet measured at 350m, 1b"
 
 
+def _speed(mean: float, low: float, high: float, **extra) -> dict:
+    return {"gmean_speedup": mean, "speedup_ci_low": low, "speedup_ci_high": high, "fair_protocol": True, **extra}
+
+
+def test_a_speedup_over_adamw_is_judged_against_the_control_that_could_explain_it(tmp_path):
+    """5x over AdamW that AdamW with the hybrids' per-group lrs nearly matches is judged by the 1.15x left."""
+    root = _root(tmp_path, SPEEDUP)
+    _verdicts(root / "results" / "cpu" / "fair", [_speed(5.35, 5.29, 5.41),
+                                                  _speed(1.15, 1.03, 1.29, baseline="adamw-split")], True)
+    (claim, evidence), = claims.build_ledger(root)
+    fair = evidence[0]
+    assert fair.value == ("5.35 [5.29, 5.41] vs adamw (3/3 seeds reached its final loss); "
+                          "1.15 [1.03, 1.29] vs adamw-split (3/3 seeds reached its final loss)")
+    assert fair.verdict.startswith("refuted (threshold 2") and fair.verdict.endswith(
+        "against the strongest baseline, adamw-split)")
+
+
+def test_a_control_tuned_unfairly_leaves_the_claim_unjudged_and_says_what_adamw_alone_gives(tmp_path):
+    root = _root(tmp_path, SPEEDUP)
+    _verdicts(root / "results" / "cpu" / "fair", [
+        _speed(5.35, 5.29, 5.41),
+        _speed(float("nan"), float("nan"), float("nan"), baseline="adamw-split", n_reached=0, fair_protocol=False,
+               fairness="adamw-split's chosen lr at the edge of its grid")], True)
+    (claim, evidence), = claims.build_ledger(root)
+    e = evidence[0]
+    assert e.value.endswith("; did not reach adamw-split's final loss (0/3 seeds)")
+    assert e.verdict == ("not judged: adamw-split's chosen lr at the edge of its grid "
+                         "(against adamw alone: supported)")
+
+
+def test_cells_of_one_table_are_judged_apart(tmp_path):
+    root = _root(tmp_path, SPEEDUP)
+    _verdicts(root / "results" / "cpu" / "fair", [_speed(2.5, 2.2, 2.9), _speed(1.1, 1.0, 1.2, model="mini")], True)
+    (claim, evidence), = claims.build_ledger(root)
+    verdicts = {e.scale: e.verdict.split(" ")[0] for e in evidence}
+    assert verdicts["CPU toy (micro-deep)"] == "supported" and verdicts["CPU toy (mini)"] == "refuted"
+
+
 def test_a_result_set_without_tuning_is_shown_and_not_judged(tmp_path):
     root = _root(tmp_path, SPEEDUP)
     _verdicts(root / "results" / "cpu" / "old", [{"gmean_speedup": 5.6, "speedup_ci_low": 4.6,

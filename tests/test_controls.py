@@ -15,7 +15,7 @@ import torch
 import optimizers
 from optimizers import functional as F
 from optimizers.ablation import SWANAblation
-from optimizers.testing import ToyLM, batch, hidden_names, loss_fn
+from optimizers.testing import ToyLM, allocation_peak, batch, hidden_names, loss_fn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,31 +73,6 @@ def test_muon_nomomentum_update_is_the_orthogonalised_current_gradient():
     assert optimizers.info("muon-nomomentum").step_parts()[0].operator == "muon_quintic"
 
 
-def _allocations(fn) -> list[int]:
-    """Sizes of the allocations (+) and frees (-) fn makes, in order (the torch profiler's CPU events)."""
-    from torch._C._profiler import _EventType
-
-    def walk(nodes):
-        for node in nodes:
-            yield node
-            yield from walk(node.children)
-
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_time_ns, int(e.typed[1].alloc_size))
-                    for e in walk(prof.profiler.kineto_results.experimental_event_tree())
-                    if e.typed[0] == _EventType.Allocation)
-    return [size for _, size in events]
-
-
-def _peak(sizes: list[int]) -> int:
-    running = peak = 0
-    for size in sizes:
-        running += size
-        peak = max(peak, running)
-    return peak
-
-
 @pytest.mark.parametrize("shape", [(40, 40), (24, 72), (72, 24)])
 def test_muon_nomomentum_declared_state_and_workspace_are_what_torch_allocates(shape):
     info = optimizers.info("muon-nomomentum")
@@ -106,14 +81,14 @@ def test_muon_nomomentum_declared_state_and_workspace_are_what_torch_allocates(s
     opt = torch.optim.Muon([w], lr=0.02, momentum=0.0, nesterov=False, weight_decay=0.0)
     opt.step()  # allocates the (unused) momentum buffer: declared as state
     assert sum(t.numel() for s in opt.state.values() for t in s.values()) == info.state_numel(shape)
-    measured = _peak(_allocations(opt.step))
+    measured = allocation_peak(opt.step)
     # The declaration counts the tensors of the step (bf16 copy, Gram, polynomial, next iterate); the CPU
     # bf16 matmul adds its own scratch, measured here on the Gram product alone, and 0-dim scalars
     # (a tall matrix is orthogonalised as its transposed view, as torch does)
     x = torch.randn(shape).bfloat16()
     x = x.T if shape[0] > shape[1] else x
     s = min(shape)
-    scratch = max(_peak(_allocations(lambda: x @ x.T)) - s * s * 2, 0)
+    scratch = max(allocation_peak(lambda: x @ x.T) - s * s * 2, 0)
     # The step's peak is its tensors (the declaration) or a matmul's inputs, output and scratch, whichever is
     # larger: at least the declaration, at most the declaration plus one matmul's scratch.
     assert 4 * info.workspace_numel(shape) <= measured <= 4 * info.workspace_numel(shape) + scratch + 64
@@ -163,7 +138,7 @@ def test_swan_ablation_workspace_is_within_the_declared_one(ablation, stage):
     w.grad = torch.randn(shape)
     opt = SWANAblation([w], ablation=ablation)
     opt.step()
-    measured = _peak(_allocations(opt.step))
+    measured = allocation_peak(opt.step)
     declared = optimizers.info("swan").workspace_numel(shape)
     assert declared == swan_workspace_numel(shape)
     own = shape[0] * shape[1] if stage == "x" else declared  # gradnorm-only holds only the fp32 copy

@@ -226,17 +226,21 @@ def _sinkhorn_naive(g: Tensor, iters: int, eps: float) -> Tensor:
     return x
 
 
+def _scale_block_(g: Tensor, r: Tensor, c: Tensor, out: Tensor) -> Tensor:
+    """out = diag(r) g diag(c) for a block of rows of g (r: that block's row scales, c: all column scales)."""
+    rb = r.unsqueeze(-1)
+    if g.dtype == out.dtype:
+        torch.mul(g, rb, out=out)
+    else:  # copy_ converts without the temporary a mixed-dtype mul would allocate on CPU
+        out.copy_(g).mul_(rb)
+    return out.mul_(c)
+
+
 def _scaled_blocked(g: Tensor, r: Tensor, c: Tensor, out: Tensor) -> Tensor:
     """out = (g r) c for one matrix, row block by row block so the second multiply hits cache."""
     rows = sinkhorn_block_rows(g.shape[-1])
     for start in range(0, g.shape[0], rows):
-        o = out[start:start + rows]
-        rb = r[start:start + rows].unsqueeze(-1)
-        if g.dtype == out.dtype:
-            torch.mul(g[start:start + rows], rb, out=o)
-        else:  # copy_ converts without the temporary a mixed-dtype mul would allocate on CPU
-            o.copy_(g[start:start + rows]).mul_(rb)
-        o.mul_(c)
+        _scale_block_(g[start:start + rows], r[start:start + rows], c, out[start:start + rows])
     return out
 
 
