@@ -181,7 +181,7 @@ def plot_memory(ctx: Context) -> Figure:
 def _panel_title(model: str, device: str) -> str:
     share = hidden_share(model)
     what = f"\nhidden matrices: {share:.0%} of the parameters" if share is not None else ""
-    return f"measured: {model} · {device}{what}"
+    return f"measured: {model} · {device}{what}\n(% above a bar: its peak against the baseline's)"
 
 
 def _memory_panel(ax, frame: pd.DataFrame, series: list[Series], peak: tuple[str, str] | None, ctx: Context,
@@ -205,11 +205,14 @@ def _memory_panel(ax, frame: pd.DataFrame, series: list[Series], peak: tuple[str
             ax.plot([x - 0.4, x + 0.4], [peak_bytes / scale] * 2, color="black", linewidth=2,
                     linestyle=PEAK_STYLES[peak[0]])
             if math.isfinite(base) and base > 0 and canonical_name(s.optimizer) != ctx.baseline:
-                ax.text(x, peak_bytes / scale, f"{(peak_bytes - base) / base:+.1%} peak", ha="center",
-                        va="bottom", fontsize=7, color=ctx.colors.get(s.optimizer, "black"), fontweight="bold")
+                # Vertical (as in the estimate panel): side by side, eight bars' labels overlapped
+                above = max(peak_bytes, sum(roles.values()))  # over the peak line and the stack, whichever is higher
+                ax.text(x, above / scale + top / scale * 0.01, f"{(peak_bytes - base) / base:+.1%}",
+                        ha="center", va="bottom", fontsize=7, rotation=90, color=ctx.colors.get(s.optimizer, "black"),
+                        fontweight="bold")
     color_tick_labels(ax, [s.label for s in series], [s.optimizer for s in series], ctx.colors)
     ax.set_ylabel(f"memory [{unit}]")
-    ax.set_ylim(0, top / scale * 1.08)
+    ax.set_ylim(0, top / scale * 1.2)  # room for the vertical peak changes
     return used
 
 
@@ -272,14 +275,16 @@ def _estimate_panel(ax, bars: dict[str, dict[str, dict[str, float]]], ctx: Conte
             used |= _stack(ax, x, roles, GIB, width=0.8, alpha=0.75, hatch_all="..")
             total = sum(roles.values())
             if math.isfinite(base) and canonical_name(opt) != ctx.baseline and base > 0:
+                # Vertical, so that five neighbours' labels never run into each other over small bars
                 ax.text(x, total / GIB + top / GIB * 0.01, f"{(total - base) / base:+.0%}", ha="center",
-                        va="bottom", fontsize=7, color=ctx.colors.get(opt, "black"), fontweight="bold")
+                        va="bottom", fontsize=7, rotation=90, color=ctx.colors.get(opt, "black"), fontweight="bold")
             positions.append(x)
             labels.append(opt)
             owners.append(opt)
             x += 1.0
         hidden = hidden_share(model)
-        ax.text((start + x - 1.0) / 2, -0.16, f"{model}\nhidden {hidden:.0%}" if hidden else model,
+        # Above the bars, not under the rotated optimizer names (long names ran into it there)
+        ax.text((start + x - 1.0) / 2, 0.98, f"{model}\nhidden {hidden:.0%}" if hidden else model,
                 transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=8)
         x += 0.8
     ax.set_xticks(positions)
@@ -287,7 +292,7 @@ def _estimate_panel(ax, bars: dict[str, dict[str, dict[str, float]]], ctx: Conte
     for tick, opt in zip(ax.get_xticklabels(), owners):
         tick.set_color(ctx.colors.get(opt, "black"))
     ax.set_ylabel("memory [GiB]")
-    ax.set_ylim(0, top / GIB * 1.12)
+    ax.set_ylim(0, top / GIB * 1.35)  # room for the vertical savings and the model labels above the bars
     ax.set_title("ESTIMATE, not measured (swanbench estimate)\nbf16 weights, gradients and optimizer state;\n"
                  "activations excluded (they grow with the batch)", fontsize=8)
     return used
