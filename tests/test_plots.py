@@ -365,13 +365,13 @@ def test_publish_writes_figures_report_and_command(tmp_path):
     # The harness writes curve rows during a run, without a status: it comes from runs.csv by run_id.
     curves = pd.read_csv(root / "curves.csv").drop(columns=["status"])
     curves.to_csv(root / "curves.csv", index=False)
-    printed: list[str] = []
+    import io
 
-    class Console:
-        def print(self, text: str) -> None:
-            printed.append(text)
+    from rich.console import Console
 
-    done = publish_suite(root, Console(), command="swanbench run suites/quickstart.toml", formats=("png",))
+    out = io.StringIO()
+    done = publish_suite(root, Console(file=out, width=400), command="swanbench run suites/quickstart.toml",
+                         formats=("png",))
     done, report = done["figures"], done["report"]
     assert (root / "command.txt").read_text() == "swanbench run suites/quickstart.toml\n"
     assert len(done.paths) == 4 and done.skipped == {"kernels": "no kernels.csv",
@@ -379,7 +379,10 @@ def test_publish_writes_figures_report_and_command(tmp_path):
     text = report.read_text()
     assert "swanbench run suites/quickstart.toml" in text and "![time](figures/time.png)" in text
     assert "no status column" not in text  # curves took their status from runs.csv
-    assert printed[-1].endswith(f"report: {report}") and "kernels skipped (no kernels.csv)" in printed[-1]
+    printed = out.getvalue()
+    assert printed.rstrip().endswith(f"report: {report}") and "kernels skipped (no kernels.csv)" in printed
+    # Data printed through rich is not markup: the reason keeps its "[tune]"
+    assert "tuning skipped (no tuning.csv (the suite has no [tune] table))" in printed
 
 
 def test_machine_limits_prefer_the_per_row_peaks(tmp_path):

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from rich.markup import escape
+
 from swanbench.analysis.results import annotated_for, baseline_of, resolve_baseline
 from swanbench.schema import CURVES_FILE, RUNS_FILE, SUMMARY_FILE, VERDICTS_FILE
 from swanbench.tables import read_table, write_rows_atomic
@@ -77,8 +79,8 @@ def publish_suite(out_dir: Path, console: Any = None, *, baseline: str | None = 
         try:
             done[name] = step()
         except Exception as exc:  # a figure must never cost the measurements
-            _say(console, f"[yellow]warning:[/] {name} failed: {type(exc).__name__}: {exc}")
-    _say(console, _summary(out_dir, done))
+            _say(console, f"[yellow]warning:[/] {name} failed: {type(exc).__name__}: {escape(str(exc))}")
+    _say(console, escape(_summary(out_dir, done)))  # paths and reasons are data, e.g. "no [tune] table"
     return done
 
 
