@@ -398,3 +398,20 @@ def test_machine_limits_prefer_the_per_row_peaks(tmp_path):
     best = limits.groupby("measure")[["tflops", "gbps"]].max()
     # The limits each row's frac_of_* was computed against, not the kernels.csv matmul rows (0.9 TFLOP/s).
     assert best.loc["matmul", "tflops"] == 2.0 and best.loc["copy", "gbps"] == 30.0
+
+
+def test_pareto_labels_of_clustered_points_never_overprint():
+    """Five optimizers within 5% of each other on both axes (a fair showcase's cluster): every two labels that
+    sit side by side end at least a line apart, and the highest point's label keeps its place above it."""
+    from swanbench.analysis.figures.pareto import label_offsets
+
+    points = [(345.0, 1017.0), (345.0, 281.0), (337.0, 273.0), (329.0, 269.0), (329.0, 293.0)]
+    offsets = label_offsets(points, (466.0, 1170.0), (300.0, 190.0), line_pt=9.0)
+    ys = [y / 1170.0 * 190.0 + dy for (_, y), dy in zip(points, offsets)]
+    assert offsets[0] == 4.0
+    for i in range(len(points)):
+        for j in range(i):
+            side_by_side = abs(points[i][0] - points[j][0]) / 466.0 < 0.45
+            assert not side_by_side or abs(ys[i] - ys[j]) >= 9.0 - 1e-9, (i, j, ys)
+    # Points far apart keep their labels next to them
+    assert label_offsets([(1.0, 1.0), (100.0, 1.0)], (100.0, 2.0), (300.0, 190.0)) == [4.0, 4.0]

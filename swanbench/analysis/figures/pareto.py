@@ -62,7 +62,11 @@ def _pareto_panel(ax, frame: pd.DataFrame, series: list[Series], ctx: Context) -
     ax.plot(*zip(*front), color="#999999", linewidth=4, alpha=0.4, drawstyle="steps-post", zorder=1)
     base = next(((mem, ppl) for s, mem, ppl, _, _ in points if canonical_name(s.optimizer) == ctx.baseline
                  and not s.axes), None)
-    for (s, mem, ppl, mem_err, ppl_err), dy in zip(points, label_offsets(xy)):
+    x_max = max(x for x, _ in xy) * 1.35
+    y_max = max(p[2] + (p[4] if math.isfinite(p[4]) else 0) for p in points) * 1.15
+    box = ax.get_position()
+    size_pt = (box.width * ax.figure.get_figwidth() * 72, box.height * ax.figure.get_figheight() * 72)
+    for (s, mem, ppl, mem_err, ppl_err), dy in zip(points, label_offsets(xy, (x_max, y_max), size_pt)):
         color = ctx.colors.get(s.optimizer, "black")
         ax.errorbar(mem / scale, ppl, xerr=_finite(mem_err, scale), yerr=_finite(ppl_err, 1.0),
                     marker=s.marker, markersize=7, color=color,
@@ -75,8 +79,8 @@ def _pareto_panel(ax, frame: pd.DataFrame, series: list[Series], ctx: Context) -
     ax.set_xlabel(f"{peak[1]} [{unit}]", fontsize=8)
     ax.set_ylabel("final eval perplexity")
     # Both axes from zero: a 1% memory difference must look like 1%, not fill the panel.
-    ax.set_xlim(0, max(x for x, _ in xy) * 1.35)
-    ax.set_ylim(0, max(p[2] + (p[4] if math.isfinite(p[4]) else 0) for p in points) * 1.15)
+    ax.set_xlim(0, x_max)
+    ax.set_ylim(0, y_max)
     ax.grid(True, alpha=0.25)
 
 
@@ -87,14 +91,28 @@ def _versus(mem: float, ppl: float, base: tuple[float, float] | None, s: Series,
     return f": {(mem - base[0]) / base[0]:+.1%} memory, {(ppl - base[1]) / base[1]:+.0%} ppl"
 
 
-def label_offsets(points: Sequence[tuple[float, float]], step: float = 10.0) -> list[float]:
-    """Vertical label offsets (points) so that labels of coinciding or close points stack, not overprint."""
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
-    offsets = []
-    for i, (x, y) in enumerate(points):
-        near = sum(abs(x - px) < 0.1 * span_x and abs(y - py) < 0.05 * span_y for px, py in points[:i])
-        offsets.append(4.0 - step * near)
+def label_offsets(points: Sequence[tuple[float, float]], limits: tuple[float, float], size_pt: tuple[float, float],
+                  line_pt: float = 9.0, label_width: float = 0.45) -> list[float]:
+    """Vertical label offsets (points) so that no two labels overprint: positions are compared on the panel
+    (axes `limits` x, y from 0, panel `size_pt` wide and high), labels whose x lie within `label_width` of
+    the panel of each other count as side by side, and a label is moved down below any such label above it.
+
+    A label starts 4 pt above its point; the highest point keeps its place."""
+    (x_max, y_max), (width_pt, height_pt) = limits, size_pt
+    fx = [x / x_max if x_max > 0 else 0.0 for x, _ in points]
+    y_pt = [y / y_max * height_pt if y_max > 0 else 0.0 for _, y in points]
+    placed: list[tuple[float, float]] = []  # (x as a fraction of the panel, label y in points)
+    offsets = [0.0] * len(points)
+    for i in sorted(range(len(points)), key=lambda i: -y_pt[i]):
+        label = y_pt[i] + 4.0
+        moved = True
+        while moved:  # lowering a label can bring it next to another placed label: repeat until free
+            moved = False
+            for px, py in placed:
+                if abs(fx[i] - px) < label_width and abs(label - py) < line_pt:
+                    label, moved = py - line_pt, True
+        placed.append((fx[i], label))
+        offsets[i] = label - y_pt[i]
     return offsets
 
 
