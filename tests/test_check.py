@@ -16,8 +16,10 @@ from swanbench.schema import RUN_MEASURES, RUNS_COLUMNS, RUNS_FILE, SCHEMA_VERSI
 from swanbench.tables import write_rows_atomic
 
 MB = 1 << 20
-# Optimizer times are judged as ratios to AdamW's whole training step (the table's metric names).
-OPT, WHITEN = "optimizer_step_ms / adamw step_ms", "whitening_ms / adamw step_ms"
+# Optimizer times are judged as ratios to the same run's forward+backward (the table's metric names);
+# whole phases as ratios to AdamW's same phase.
+OPT, WHITEN = "optimizer_step_ms / own forward_backward_ms", "whitening_ms / own forward_backward_ms"
+STEP = "step_ms / adamw step_ms"
 # Process RSS too, as a ratio to AdamW's RSS in the same results set; AdamW's own RSS by itself.
 RSS = "peak_rss_bytes / adamw peak_rss_bytes"
 
@@ -35,7 +37,7 @@ def _run(optimizer: str, **measures) -> dict:
         "peak_allocated_bytes": None, "peak_reserved_bytes": None, "nvml_peak_bytes": None,
         "peak_rss_bytes": 400 * MB, "step_transient_bytes": 1 * MB,
         "step_ms": 40.0 + step, "forward_backward_ms": 40.0, "optimizer_step_ms": step,
-        "optimizer_step_iqr_ms": 0.02 * step, "step_iqr_ms": 0.4,  # the tracker's IQR columns
+        "optimizer_step_iqr_ms": 0.02 * step, "step_iqr_ms": 0.4, "forward_backward_iqr_ms": 0.4,  # IQRs
         "whitening_ms": 4.0 if optimizer == "swan" else None,
         "tokens_per_s": 1024 / (40.0 + step) * 1000, "final_eval_loss": 6.5, "final_eval_ppl": 665.1,
         "tokens_to_target": None,
@@ -172,7 +174,7 @@ def test_slower_optimizer_step_fails_as_a_ratio(tmp_path, baseline):
     report = gate.check(_results(tmp_path, _rows(swan={"optimizer_step_ms": 12.0})), baseline)
     assert _verdict(report, "swan", OPT) == "FAIL"
     finding = next(f for f in report.findings if f.metric == OPT and f.run == "swan")
-    assert finding.baseline == pytest.approx(6.0 / 42.0) and finding.now == pytest.approx(12.0 / 42.0)
+    assert finding.baseline == pytest.approx(6.0 / 40.0) and finding.now == pytest.approx(12.0 / 40.0)
 
 
 def test_a_uniformly_slower_machine_passes(tmp_path, baseline):
@@ -181,7 +183,8 @@ def test_a_uniformly_slower_machine_passes(tmp_path, baseline):
     for opt in ("adamw", "sgd", "swan", "sinkgd"):
         run = _run(opt)
         slow[opt] = {k: run[k] * 3 for k in ("step_ms", "forward_backward_ms", "optimizer_step_ms",
-                                              "optimizer_step_iqr_ms", "step_iqr_ms") if run[k] is not None}
+                                              "optimizer_step_iqr_ms", "step_iqr_ms", "forward_backward_iqr_ms")
+                     if run[k] is not None}
         slow[opt]["tokens_per_s"] = run["tokens_per_s"] / 3
         if run["whitening_ms"] is not None:
             slow[opt]["whitening_ms"] = run["whitening_ms"] * 3
@@ -198,14 +201,15 @@ def test_faster_optimizer_step_is_an_improvement(tmp_path, baseline):
 def test_failed_reference_run_fails_the_time_ratios(tmp_path, baseline):
     report = gate.check(_results(tmp_path, _rows(adamw={"status": "oom"})), baseline)
     assert _verdict(report, "adamw", "status") == "FAIL"
-    assert _verdict(report, "swan", OPT) == "FAIL: no adamw run now"
+    assert _verdict(report, "swan", STEP) == "FAIL: no adamw run now"
+    assert _verdict(report, "swan", OPT) == "ok"  # its own forward+backward is its yardstick
 
 
 def test_times_without_a_reference_are_skipped_visibly(tmp_path):
     rows = [r for r in _rows() if r["optimizer"] != "adamw"]
     report = gate.check(_results(tmp_path, rows), _write(tmp_path / "b.csv", rows))
     assert report.passed
-    assert _verdict(report, "swan", OPT) == "skip: no adamw run"
+    assert _verdict(report, "swan", STEP) == "skip: no adamw run"
 
 
 def test_lower_throughput_fails_because_higher_is_better(tmp_path, baseline):
@@ -220,9 +224,9 @@ def test_noisy_runs_widen_the_time_band(tmp_path):
     slower = {"optimizer_step_ms": 9.6, "optimizer_step_iqr_ms": 0.02 * 9.6}
     assert _verdict(gate.check(_results(tmp_path, _rows(swan=slower)), quiet),
                     "swan", OPT) == "FAIL"
-    noisy = {"swan": {"optimizer_step_iqr_ms": 0.4 * 6.0}, "adamw": {"step_iqr_ms": 0.4 * 42.0}}
+    noisy = {"swan": {"optimizer_step_iqr_ms": 0.4 * 6.0, "forward_backward_iqr_ms": 0.4 * 40.0}}
     noisy_base = _write(tmp_path / "noisy.csv", _rows(**noisy))
-    noisy_now = _rows(swan={**slower, "optimizer_step_iqr_ms": 0.4 * 9.6}, adamw=noisy["adamw"])
+    noisy_now = _rows(swan={**slower, "optimizer_step_iqr_ms": 0.4 * 9.6, "forward_backward_iqr_ms": 0.4 * 40.0})
     report = gate.check(_results(tmp_path, noisy_now), noisy_base)
     assert _verdict(report, "swan", OPT) == "ok"
 
@@ -234,12 +238,12 @@ def test_spread_columns_accept_both_namings():
 
 def test_too_noisy_times_are_skipped_not_passed(tmp_path):
     """Spreads of 100 % widen the band past max_band: the verdict says the runs cannot be judged."""
-    noisy = {"adamw": {"step_iqr_ms": 42.0}, "swan": {"optimizer_step_iqr_ms": 6.0}}
+    noisy = {"swan": {"optimizer_step_iqr_ms": 6.0, "forward_backward_iqr_ms": 40.0}}
     base = _write(tmp_path / "b.csv", _rows(**noisy))
     report = gate.check(_results(tmp_path, _rows(**noisy)), base)
     assert _verdict(report, "swan", OPT) == gate.TOO_NOISY
     assert report.passed and "skipped" in gate.headline(report)
-    tenfold = {**noisy, "swan": {"optimizer_step_ms": 60.0, "optimizer_step_iqr_ms": 60.0}}
+    tenfold = {"swan": {**noisy["swan"], "optimizer_step_ms": 60.0, "optimizer_step_iqr_ms": 60.0}}
     report = gate.check(_results(tmp_path, _rows(**tenfold)), base)
     assert _verdict(report, "swan", OPT) == "FAIL"  # beyond even the widened band
 
@@ -262,12 +266,30 @@ def test_bands_are_factors_both_ways():
     assert gate.judge(zero, 0.0, 0.0, 0.05)[1] == "ok" and gate.judge(zero, 0.0, 4.0, 0.05)[1] == "FAIL"
 
 
-def test_whitening_is_relative_to_the_reference_step(tmp_path, baseline):
+def test_whitening_is_relative_to_its_own_forward_backward(tmp_path, baseline):
     report = gate.check(_results(tmp_path, _rows(swan={"whitening_ms": 8.0})), baseline)
     finding = next(f for f in report.findings if f.metric == WHITEN)
-    # swan's whitening over adamw's whole training step: 4/42 -> 8/42, +100 % against a 50 % band.
-    assert (finding.baseline, finding.now) == (pytest.approx(4.0 / 42), pytest.approx(8.0 / 42))
+    # swan's whitening over its own run's forward+backward: 4/40 -> 8/40, +100 % against a 50 % band.
+    assert (finding.baseline, finding.now) == (pytest.approx(4.0 / 40), pytest.approx(8.0 / 40))
     assert finding.verdict == "FAIL"
+
+
+def test_a_host_that_slows_between_runs_moves_no_optimizer_time(tmp_path, baseline):
+    """SWAN's run met a host at half speed (every phase of it 2x) while AdamW's did not: its optimizer times
+    keep their ratio to its own forward+backward; the whole step against AdamW's is what moved."""
+    run = _run("swan")
+    halved = {k: 2 * run[k] for k in ("step_ms", "forward_backward_ms", "optimizer_step_ms", "whitening_ms",
+                                      "optimizer_step_iqr_ms", "step_iqr_ms", "forward_backward_iqr_ms")}
+    report = gate.check(_results(tmp_path, _rows(swan=halved)), baseline)
+    assert _verdict(report, "swan", OPT) == "ok" and _verdict(report, "swan", WHITEN) == "ok"
+    assert _verdict(report, "swan", STEP) == "FAIL"
+
+
+def test_an_own_ratio_needs_a_reference_metric_and_a_known_run():
+    with pytest.raises(gate.CheckError, match=r"reference_run = \"own\" needs a reference_metric"):
+        gate.tolerances_from_dict({"classes": {"t": {"compare": "ratio", "metrics": ["x_ms"], "reference_run": "own"}}})
+    with pytest.raises(gate.CheckError, match=r"reference_run must be one of reference, own, got 'mine'"):
+        gate.tolerances_from_dict({"classes": {"t": {"compare": "ratio", "metrics": ["x_ms"], "reference_run": "mine"}}})
 
 
 # ------------------------------------------------------------------------------------------- losses

@@ -310,7 +310,13 @@ def compare_metric(rule: MetricRule, label: str, base: Run, now: Run, base_table
                    tol: Tolerances) -> Finding | None:
     """One measure of one run, or None when neither side has it (the device cannot give it)."""
     metric, band, ref = rule.metric, rule.limit, tol.reference_optimizer
-    if rule.compare == "ratio":
+    if rule.compare == "ratio" and rule.reference_run == "own":
+        metric = f"{rule.metric} / own {rule.reference_metric}"
+        b, b_noise = ratio_value(rule, base, base)
+        n, n_noise = ratio_value(rule, now, now)
+        if b_noise is not None and n_noise is not None:
+            band = noise_band(rule, b_noise, n_noise)
+    elif rule.compare == "ratio":
         metric = f"{rule.metric} / {ref} {rule.reference_metric or rule.metric}"
         if dict(base.key).get("optimizer") == ref and not rule.reference_metric:
             if rule.reference_band is None:

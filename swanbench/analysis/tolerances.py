@@ -48,11 +48,13 @@ CLASS_RULES: dict[str, dict[str, Any]] = {
     "process": {"compare": "ratio", "band": 0.15, "reference_band": 1.0},
     # Whole phases against the same phase of the reference run.
     "times": {"compare": "ratio", "band": 0.5, "iqr_factor": 2.0, "max_band": 2.0},
-    # The optimizer's own work against the reference's whole training step, not its optimizer step:
-    # AdamW's fused step is ~1 ms on the CI model, so a single preemption moves its median and its
-    # IQR/median reached 3.8 on a loaded box, while its whole step's stayed at 0.17 (docs/check.md).
+    # The optimizer's own work against the forward+backward of its own run: the same work for every
+    # optimizer, timed in the same steps, so a host that speeds up or slows down between runs moves both
+    # alike. (Against AdamW's whole step from another run, one gate run on a host that slowed between runs
+    # read SWAN's whitening +90% while its own run's forward+backward was also 51% slower than AdamW's
+    # identical one; docs/check.md.) Not against AdamW's optimizer step: ~1 ms, its IQR/median reached 3.8.
     "optimizer_times": {"compare": "ratio", "band": 0.5, "iqr_factor": 2.0, "max_band": 2.0,
-                        "reference_metric": "step_ms"},
+                        "reference_metric": "forward_backward_ms", "reference_run": "own"},
     # Tokens over the summed step time: it has no IQR of its own, its spread is that of step_ms.
     "throughput": {"compare": "ratio", "band": 0.5, "iqr_factor": 2.0, "max_band": 2.0, "spread_metric": "step_ms"},
     "losses": {"compare": "absolute", "epsilon": 0.02},
@@ -92,7 +94,7 @@ _CLASS_KEYS = {
     "exact": {"compare", "metrics"},
     "relative": {"compare", "metrics", "band"},
     "ratio": {"compare", "metrics", "band", "iqr_factor", "reference_metric", "max_band", "spread_metric",
-              "reference_band"},
+              "reference_band", "reference_run"},
     "absolute": {"compare", "metrics", "epsilon"},
 }
 _TOP_KEYS = {"reference_optimizer", "match_on", "classes", "better"}
@@ -114,7 +116,8 @@ class MetricRule:
     `limit` is the allowed change: 0 for exact, a factor minus one for relative and ratio (0.05: at most
     1.05x worse; 1.05x better is an improvement), an absolute amount in the metric's unit for absolute.
     For ratio rules the effective band is `max(limit, iqr_factor * relative spread)`, the reference is
-    `reference_metric` (default: the same metric) of the reference optimizer's run, and a band wider than
+    `reference_metric` (default: the same metric) of the reference optimizer's run (`reference_run =
+    "reference"`, the default) or of the run itself (`"own"`: no other run's timing enters), and a band wider than
     `max_band` means the runs were too noisy to judge a pass (a change beyond it still fails). The spread
     is the metric's own IQR / median, or that of `spread_metric` for a metric without an IQR column.
     A ratio cannot judge the reference optimizer's own value (its ratio is 1); `reference_band`, when set,
@@ -131,6 +134,10 @@ class MetricRule:
     max_band: float = math.inf
     spread_metric: str | None = None
     reference_band: float | None = None
+    reference_run: str = "reference"  # whose reference_metric divides: the reference optimizer's run, or "own"
+
+
+REFERENCE_RUNS = ("reference", "own")
 
 
 @dataclass(frozen=True)
@@ -223,12 +230,17 @@ def _class_rules(name: str, spec: Any, better: Mapping[str, str], where: str) ->
     for key in ("reference_metric", "spread_metric"):
         if not isinstance(spec.get(key, ""), str):
             raise CheckError(f"{where}: {key} must be a column name")
+    reference_run = spec.get("reference_run", "reference")
+    if reference_run not in REFERENCE_RUNS:
+        raise CheckError(f"{where}: reference_run must be one of {', '.join(REFERENCE_RUNS)}, got {reference_run!r}")
+    if reference_run == "own" and not spec.get("reference_metric"):
+        raise CheckError(f"{where}: reference_run = \"own\" needs a reference_metric (a metric over itself is 1)")
     return [MetricRule(metric=m, klass=name, compare=compare, better=_better(m, better), limit=limit,
                        iqr_factor=_number(spec, "iqr_factor", where=where),
                        reference_metric=spec.get("reference_metric"), spread_metric=spec.get("spread_metric"),
                        max_band=_number(spec, "max_band", where=where) if "max_band" in spec else math.inf,
                        reference_band=_number(spec, "reference_band", where=where) if "reference_band" in spec
-                       else None)
+                       else None, reference_run=reference_run)
             for m in metrics]
 
 
