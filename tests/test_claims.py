@@ -65,12 +65,12 @@ def _verdicts(folder: Path, rows: list[dict], tuned: bool) -> None:
 ])
 def test_a_speedup_is_judged_only_under_the_fair_protocol(tmp_path, low, high, fair, verdict):
     root = _root(tmp_path, SPEEDUP)
-    _verdicts(root / "results" / "cpu" / "fair", [{"gmean_speedup": (low + high) / 2, "speedup_ci_low": low,
+    _verdicts(root / "results" / "cpu-box" / "fair", [{"gmean_speedup": (low + high) / 2, "speedup_ci_low": low,
                                                   "speedup_ci_high": high, "fair_protocol": fair,
                                                   "fairness": "swan's chosen lr at the edge of its grid"}], True)
     (claim, evidence), = claims.build_ledger(root)
     assert evidence[0].verdict.startswith(verdict) and evidence[0].scale == "CPU toy (micro-deep)"
-    assert evidence[0].file == "results/cpu/fair/verdicts.csv"
+    assert evidence[0].file == "results/cpu-box/fair/verdicts.csv"
     assert evidence[-1].scale == "not yet measured at 350m, 1b"
 
 
@@ -81,7 +81,7 @@ def _speed(mean: float, low: float, high: float, **extra) -> dict:
 def test_a_speedup_over_adamw_is_judged_against_the_control_that_could_explain_it(tmp_path):
     """5x over AdamW that AdamW with the hybrids' per-group lrs nearly matches is judged by the 1.15x left."""
     root = _root(tmp_path, SPEEDUP)
-    _verdicts(root / "results" / "cpu" / "fair", [_speed(5.35, 5.29, 5.41),
+    _verdicts(root / "results" / "cpu-box" / "fair", [_speed(5.35, 5.29, 5.41),
                                                   _speed(1.15, 1.03, 1.29, baseline="adamw-split")], True)
     (claim, evidence), = claims.build_ledger(root)
     fair = evidence[0]
@@ -93,7 +93,7 @@ def test_a_speedup_over_adamw_is_judged_against_the_control_that_could_explain_i
 
 def test_a_control_tuned_unfairly_leaves_the_claim_unjudged_and_says_what_adamw_alone_gives(tmp_path):
     root = _root(tmp_path, SPEEDUP)
-    _verdicts(root / "results" / "cpu" / "fair", [
+    _verdicts(root / "results" / "cpu-box" / "fair", [
         _speed(5.35, 5.29, 5.41),
         _speed(float("nan"), float("nan"), float("nan"), baseline="adamw-split", n_reached=0, fair_protocol=False,
                fairness="adamw-split's chosen lr at the edge of its grid")], True)
@@ -106,7 +106,7 @@ def test_a_control_tuned_unfairly_leaves_the_claim_unjudged_and_says_what_adamw_
 
 def test_cells_of_one_table_are_judged_apart(tmp_path):
     root = _root(tmp_path, SPEEDUP)
-    _verdicts(root / "results" / "cpu" / "fair", [_speed(2.5, 2.2, 2.9), _speed(1.1, 1.0, 1.2, model="mini")], True)
+    _verdicts(root / "results" / "cpu-box" / "fair", [_speed(2.5, 2.2, 2.9), _speed(1.1, 1.0, 1.2, model="mini")], True)
     (claim, evidence), = claims.build_ledger(root)
     verdicts = {e.scale: e.verdict.split(" ")[0] for e in evidence}
     assert verdicts["CPU toy (micro-deep)"] == "supported" and verdicts["CPU toy (mini)"] == "refuted"
@@ -114,9 +114,9 @@ def test_cells_of_one_table_are_judged_apart(tmp_path):
 
 def test_a_result_set_without_tuning_is_shown_and_not_judged(tmp_path):
     root = _root(tmp_path, SPEEDUP)
-    _verdicts(root / "results" / "cpu" / "old", [{"gmean_speedup": 5.6, "speedup_ci_low": 4.6,
+    _verdicts(root / "results" / "cpu-box" / "old", [{"gmean_speedup": 5.6, "speedup_ci_low": 4.6,
                                                  "speedup_ci_high": 6.8}], False)
-    _verdicts(root / "results" / "gpu" / "big", [{"gmean_speedup": 1.2, "speedup_ci_low": 1.1, "speedup_ci_high": 1.3,
+    _verdicts(root / "results" / "nvidia-h200" / "big", [{"gmean_speedup": 1.2, "speedup_ci_low": 1.1, "speedup_ci_high": 1.3,
                                                  "fair_protocol": True, "model": "1b", "device": "cuda"}], True)
     (claim, evidence), = claims.build_ledger(root)
     assert evidence[0].scale == "GPU at paper scale (1b)" and evidence[0].verdict.startswith("refuted")
@@ -125,6 +125,22 @@ def test_a_result_set_without_tuning_is_shown_and_not_judged(tmp_path):
     assert len(evidence) == 2  # paper scale measured: no "not yet measured" line
     summary = claims.render_summary(root)
     assert "| GPU at paper scale (1b) | 1.2 [1.1, 1.3] vs adamw" in summary and "| yes |" in summary
+
+
+def test_local_output_under_results_is_not_evidence(tmp_path):
+    """The quickstart writes results/quickstart/ (command 1) before the tests run (command 2): only the
+    committed folders count, so the ledger a clone ships stays current on a newcomer's machine."""
+    root = _root(tmp_path, SPEEDUP)
+    _verdicts(root / "results" / "quickstart", [_speed(9.0, 8.0, 10.0)], True)
+    _verdicts(root / "results" / "cpu-box" / "fair", [_speed(2.5, 2.2, 2.9)], True)
+    (claim, evidence), = claims.build_ledger(root)
+    assert [e.file for e in evidence if e.file != "–"] == ["results/cpu-box/fair/verdicts.csv"]
+
+
+def test_the_committed_folders_are_the_ones_git_keeps():
+    kept = [line[len("!results/"):].rstrip("/") for line in (ROOT / ".gitignore").read_text().splitlines()
+            if line.startswith("!results/")]
+    assert sorted(kept) == sorted(claims.COMMITTED_SETS)
 
 
 def test_nothing_measured_says_so(tmp_path):
