@@ -406,7 +406,7 @@ def test_pareto_labels_of_clustered_points_never_overprint():
     from swanbench.analysis.figures.pareto import label_offsets
 
     points = [(345.0, 1017.0), (345.0, 281.0), (337.0, 273.0), (329.0, 269.0), (329.0, 293.0)]
-    offsets = label_offsets(points, (466.0, 1170.0), (300.0, 190.0), line_pt=9.0)
+    offsets = label_offsets(points, (466.0, 1170.0), 190.0, line_pt=9.0)
     ys = [y / 1170.0 * 190.0 + dy for (_, y), dy in zip(points, offsets)]
     assert offsets[0] == 4.0
     for i in range(len(points)):
@@ -414,4 +414,4 @@ def test_pareto_labels_of_clustered_points_never_overprint():
             side_by_side = abs(points[i][0] - points[j][0]) / 466.0 < 0.45
             assert not side_by_side or abs(ys[i] - ys[j]) >= 9.0 - 1e-9, (i, j, ys)
     # Points far apart keep their labels next to them
-    assert label_offsets([(1.0, 1.0), (100.0, 1.0)], (100.0, 2.0), (300.0, 190.0)) == [4.0, 4.0]
+    assert label_offsets([(1.0, 1.0), (100.0, 1.0)], (100.0, 2.0), 190.0) == [4.0, 4.0]

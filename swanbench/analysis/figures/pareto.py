@@ -65,8 +65,8 @@ def _pareto_panel(ax, frame: pd.DataFrame, series: list[Series], ctx: Context) -
     x_max = max(x for x, _ in xy) * 1.35
     y_max = max(p[2] + (p[4] if math.isfinite(p[4]) else 0) for p in points) * 1.15
     box = ax.get_position()
-    size_pt = (box.width * ax.figure.get_figwidth() * 72, box.height * ax.figure.get_figheight() * 72)
-    for (s, mem, ppl, mem_err, ppl_err), dy in zip(points, label_offsets(xy, (x_max, y_max), size_pt)):
+    height_pt = box.height * ax.figure.get_figheight() * 72
+    for (s, mem, ppl, mem_err, ppl_err), dy in zip(points, label_offsets(xy, (x_max, y_max), height_pt)):
         color = ctx.colors.get(s.optimizer, "black")
         ax.errorbar(mem / scale, ppl, xerr=_finite(mem_err, scale), yerr=_finite(ppl_err, 1.0),
                     marker=s.marker, markersize=7, color=color,
@@ -91,14 +91,14 @@ def _versus(mem: float, ppl: float, base: tuple[float, float] | None, s: Series,
     return f": {(mem - base[0]) / base[0]:+.1%} memory, {(ppl - base[1]) / base[1]:+.0%} ppl"
 
 
-def label_offsets(points: Sequence[tuple[float, float]], limits: tuple[float, float], size_pt: tuple[float, float],
+def label_offsets(points: Sequence[tuple[float, float]], limits: tuple[float, float], height_pt: float,
                   line_pt: float = 9.0, label_width: float = 0.45) -> list[float]:
     """Vertical label offsets (points) so that no two labels overprint: positions are compared on the panel
-    (axes `limits` x, y from 0, panel `size_pt` wide and high), labels whose x lie within `label_width` of
-    the panel of each other count as side by side, and a label is moved down below any such label above it.
+    (axes `limits` x, y from 0, the panel `height_pt` high), labels whose x lie within `label_width` of the
+    panel's width of each other count as side by side, and a label is moved down below any such label above it.
 
     A label starts 4 pt above its point; the highest point keeps its place."""
-    (x_max, y_max), (width_pt, height_pt) = limits, size_pt
+    x_max, y_max = limits
     fx = [x / x_max if x_max > 0 else 0.0 for x, _ in points]
     y_pt = [y / y_max * height_pt if y_max > 0 else 0.0 for _, y in points]
     placed: list[tuple[float, float]] = []  # (x as a fraction of the panel, label y in points)
