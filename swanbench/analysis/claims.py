@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from swanbench.analysis.quality import CONTROL_BASELINES, mean_interval, t_quantile
-from swanbench.schema import KERNELS_FILE, MODELS_FILE, OK, RUNS_FILE, TUNING_FILE, VERDICTS_FILE
+from swanbench.schema import CELL_AXES, KERNELS_FILE, MODELS_FILE, OK, RUNS_FILE, TUNING_FILE, VERDICTS_FILE
 from swanbench.tables import read_table
 
 if sys.version_info >= (3, 11):
@@ -217,10 +217,6 @@ def _device_of(set_dir: Path, model: str) -> str:
     return "cpu"
 
 
-CELL_COLUMNS = ("model", "device", "dtype", "seq_len", "batch_size", "grad_accum", "world_size", "steps",
-                "eval_tokens", "data")
-
-
 def _speedup(root: Path, claim: Claim) -> list[Evidence]:
     """One evidence per cell of a verdicts table: the speedup against each baseline that ran there (the suite's
     and the controls, e.g. adamw-split), judged against the strongest of them and only when all are fair.
@@ -235,7 +231,7 @@ def _speedup(root: Path, claim: Claim) -> list[Evidence]:
             continue
         config = verdicts.get("config", verdicts["optimizer"]).astype(str)
         rows = verdicts[(verdicts["optimizer"] == claim.get("optimizer")) & (config == claim.get("optimizer"))]
-        keys = [c for c in CELL_COLUMNS if c in rows.columns]
+        keys = [c for c in CELL_AXES if c in rows.columns]
         tuned = (path.parent / TUNING_FILE).is_file()
         groups = rows.groupby(keys, sort=False, dropna=False) if keys else [((), rows)]
         for _, cell in groups:
