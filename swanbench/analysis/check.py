@@ -310,21 +310,16 @@ def compare_metric(rule: MetricRule, label: str, base: Run, now: Run, base_table
                    tol: Tolerances) -> Finding | None:
     """One measure of one run, or None when neither side has it (the device cannot give it)."""
     metric, band, ref = rule.metric, rule.limit, tol.reference_optimizer
-    if rule.compare == "ratio" and rule.reference_run == "own":
-        metric = f"{rule.metric} / own {rule.reference_metric}"
-        b, b_noise = ratio_value(rule, base, base)
-        n, n_noise = ratio_value(rule, now, now)
-        if b_noise is not None and n_noise is not None:
-            band = noise_band(rule, b_noise, n_noise)
-    elif rule.compare == "ratio":
-        metric = f"{rule.metric} / {ref} {rule.reference_metric or rule.metric}"
-        if dict(base.key).get("optimizer") == ref and not rule.reference_metric:
+    if rule.compare == "ratio":
+        own = rule.reference_run == "own"  # divided by another metric of the same run: no other run enters
+        metric = f"{rule.metric} / {'own' if own else ref} {rule.reference_metric or rule.metric}"
+        if not own and dict(base.key).get("optimizer") == ref and not rule.reference_metric:
             if rule.reference_band is None:
                 return None  # the reference's own ratio is 1 by definition
             # What no ratio can judge, the reference's own value, is judged on its own, for gross changes
-            own = dataclasses.replace(rule, compare="relative", limit=rule.reference_band, reference_band=None)
-            return compare_metric(own, label, base, now, base_table, now_table, tol)
-        base_ref, now_ref = _reference(base, base_table, ref), _reference(now, now_table, ref)
+            alone = dataclasses.replace(rule, compare="relative", limit=rule.reference_band, reference_band=None)
+            return compare_metric(alone, label, base, now, base_table, now_table, tol)
+        base_ref, now_ref = (base, now) if own else (_reference(base, base_table, ref), _reference(now, now_table, ref))
         if base.values.get(rule.metric) is not None and (base_ref is None or now_ref is None):
             # Without the reference run a time cannot be judged: say so instead of passing silently.
             verdict = f"skip: no {ref} run" if base_ref is None else f"{FAIL}: no {ref} run now"
