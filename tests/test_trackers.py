@@ -341,11 +341,15 @@ def matrix_runs():
     """Standalone SWAN, SinkGD and SGD on nano's hidden matrices (so the step is theirs alone)."""
     import optimizers
 
-    makers = {"swan": optimizers.SWAN, "sinkgd": optimizers.SinkGD,
-              "sgd": lambda ps: torch.optim.SGD(ps, lr=1e-2, foreach=True)}
+    return _runs_on_hidden({"swan": optimizers.SWAN, "sinkgd": optimizers.SinkGD,
+                            "sgd": lambda ps: torch.optim.SGD(ps, lr=1e-2, foreach=True)})
+
+
+def _runs_on_hidden(makers, dtype=torch.float32):
+    """name -> (nano's hidden matrices, the meter's result) of 3 metered steps of each optimizer on them."""
     out = {}
     for name, make in makers.items():
-        model = build_model("nano")
+        model = build_model("nano").to(dtype)
         hidden = _hidden(model)
         _, res = metered_run(model, make(hidden), steps=3, warmup=1)
         out[name] = (hidden, res)
@@ -708,13 +712,7 @@ def bf16_matrix_runs():
     """SWAN and SinkGD on nano's hidden matrices in bf16 (parameters and gradients)."""
     import optimizers
 
-    out = {}
-    for name, make in {"swan": optimizers.SWAN, "sinkgd": optimizers.SinkGD}.items():
-        model = build_model("nano").to(torch.bfloat16)
-        hidden = _hidden(model)
-        _, res = metered_run(model, make(hidden), steps=3, warmup=1)
-        out[name] = (hidden, res)
-    return out
+    return _runs_on_hidden({"swan": optimizers.SWAN, "sinkgd": optimizers.SinkGD}, torch.bfloat16)
 
 
 @pytest.mark.parametrize("name", ["swan", "sinkgd"])
