@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+from rich.markup import escape
+
 from swanbench.suite import Suite, SuiteError
 
 
@@ -91,7 +93,7 @@ class TrainKind:
         options.console.print(runner.plan_table(suite, planned))
         todo = sum(not p.skip for p in planned)
         options.console.print(f"{len(planned)} runs ({len(suite.cells)} cells x {len(suite.seeds)} seeds), "
-                              f"{todo} to run, output {out_dir}")
+                              f"{todo} to run, output {out_dir}", markup=False)
 
     def run(self, prepared: _TrainRun, options: RunOptions) -> None:
         from swanbench import runner, schema
@@ -104,7 +106,7 @@ class TrainKind:
             tuned = tuning.tune(suite, out_dir, force=options.force, console=options.console,
                                 dispatcher=prepared.dispatcher)
             for line in tuned.left_out:
-                options.console.print(f"[yellow]not evaluated:[/] {line}")
+                options.console.print(f"[yellow]not evaluated:[/] {escape(line)}")
             suite = tuned.suite
         outcome = runner.run_suite(suite, out_dir, force=options.force, console=options.console,
                                    dispatcher=prepared.dispatcher, publish=tuned is None or bool(suite.cells),
@@ -118,7 +120,7 @@ class TrainKind:
         trials = f"{len(tuned.executed)} tuning trial runs and " if tuned is not None else ""
         options.console.print(f"{trials}{len(outcome.executed)} runs executed, {len(outcome.skipped)} already complete; "
                               f"tables: {out_dir / schema.RUNS_FILE}, {out_dir / schema.CURVES_FILE}; "
-                              f"took {took:.1f} s")
+                              f"took {took:.1f} s", markup=False)
 
 
 class KernelKind:
@@ -133,7 +135,7 @@ class KernelKind:
             raise SuiteError(str(exc)) from None
 
     def dry_run(self, prepared: Any, options: RunOptions) -> None:
-        options.console.print(f"{prepared.path}: kernel suite {prepared.name!r} is valid")
+        options.console.print(f"{prepared.path}: kernel suite {prepared.name!r} is valid", markup=False)
 
     def run(self, prepared: Any, options: RunOptions) -> None:
         from swanbench import kernels

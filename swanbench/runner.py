@@ -123,7 +123,8 @@ def run_suite(suite: Suite, out_dir: Path, *, force: bool = False, console=None,
     outcome.skipped = [p.run.run_id for p in planned if p.skip]
     outcome.statuses = {p.run.run_id: p.previous_status for p in planned if p.skip}
     if outcome.skipped:
-        console.print(f"resume: {len(outcome.skipped)} of {len(planned)} runs already complete in {out_dir}")
+        console.print(f"resume: {len(outcome.skipped)} of {len(planned)} runs already complete in {out_dir}",
+                      markup=False)
     prepare_data(suite, [p.run.cell for p in todo], console)
     with _sigterm_as_interrupt(), SuiteProgress(console, [p.run for p in todo], enabled=progress) as bar:
         def finished(p: PlannedRun, status: str) -> None:
@@ -172,7 +173,7 @@ def prepare_data(suite: Suite, cells: Sequence[Any], console) -> None:
         if online or key in seen:  # a hub tokenizer or C4: the network, inside the run
             continue
         seen.add(key)
-        console.print(f"data: {cell.data.source} tokens for vocab {key[1]} (cached for every run)")
+        console.print(f"data: {cell.data.source} tokens for vocab {key[1]} (cached for every run)", markup=False)
         try:
             load_local(cell.data, key[1])
         except DataError as exc:

@@ -137,7 +137,8 @@ def tune(suite: Suite, out_dir: Path, *, force: bool = False, console=None, work
         if not todo:
             break
         if console is not None:
-            console.print(f"tuning: {len(todo)} trial setting(s) x {len(spec.seeds)} seed(s) to run in {tdir}")
+            console.print(f"tuning: {len(todo)} trial setting(s) x {len(spec.seeds)} seed(s) to run in {tdir}",
+                          markup=False)
         trials = dataclasses.replace(suite, cells=tuple(todo), seeds=spec.seeds, tune=None)
         outcome = runner.run_suite(trials, tdir, force=force, console=console, worker_cmd=worker_cmd,
                                    progress=progress, dispatcher=dispatcher, publish=False)

@@ -395,3 +395,16 @@ def test_precision_methods_run_in_their_compute_precision_when_the_operator_take
     assert {"float32", "tf32", "bfloat16"} <= set(rates.index)
     for compute, rows in ops.groupby("compute_dtype"):
         assert (rows["matmul_tflops_peak"] >= rates[compute]).all()  # the run's best rate of that precision
+
+
+def test_a_skip_reason_with_brackets_is_printed_as_written():
+    """Reasons are data: a user's `reason = "... [tune] ..."` must not be read as rich markup and vanish."""
+    import io
+
+    from rich.console import Console
+
+    from swanbench.kernels.run import _summary_text
+
+    out = io.StringIO()
+    Console(file=out, width=200).print(_summary_text({"status": "skipped", "skip_reason": "see the [tune] table"}))
+    assert out.getvalue().strip() == "skipped: see the [tune] table"

@@ -63,7 +63,8 @@ def run(
     if loaded.overrides:
         where = "" if dry_run else (f": the tables in {options.out(loaded)} will hold this variant "
                                     f"(command.txt records it)")
-        options.console.print(f"suite {loaded.name} as changed by {' '.join(loaded.overrides)}{where}")
+        options.console.print(f"suite {loaded.name} as changed by {' '.join(loaded.overrides)}{where}",
+                              markup=False)
     if dry_run:
         kind.dry_run(prepared, options)
         return

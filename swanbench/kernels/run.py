@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from rich.markup import escape
 
 from swanbench.kernels.cases import Case, Shape, ordered_work, skip_reason
 from swanbench.kernels.inputs import ReferenceCache, make_input
@@ -158,7 +159,7 @@ def _label(case: Case) -> str:
 
 def _summary_text(row: dict) -> str:
     if row.get("status") != "ok":
-        return f"[red]{row['status']}[/]: {row.get('skip_reason')}"
+        return f"[red]{row['status']}[/]: {escape(str(row.get('skip_reason')))}"
     frac = row.get("frac_of_matmul_here") or row.get("frac_of_bandwidth")
     err = row.get("rel_error")
     return (f"{row['ms_median']:.3f} ms (n={row['n_repeats']}), {row['tflops']:.3f} TFLOP/s, {row['gbps']:.1f} GB/s"
